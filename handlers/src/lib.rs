@@ -1,0 +1,1 @@
+//! jobledger handler cores (api, dispatch, launch, project, notify, sweep), ports and adapters.

@@ -1,0 +1,1 @@
+//! Read models folded from jobledger events, and their view stores.

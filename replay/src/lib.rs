@@ -1,0 +1,1 @@
+//! The auditor's tool: history, state at any point, verify, rebuild, export.

@@ -1,0 +1,1 @@
+//! The jobledger worker runtime, job kinds and AI backends.
