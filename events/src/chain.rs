@@ -86,7 +86,10 @@ pub fn verify_chain(events: &[RecordedEvent]) -> Vec<ChainBreak> {
             breaks.push(ChainBreak {
                 version: e.version,
                 rule: "chain link",
-                detail: format!("prev_hash {} does not match previous hash {}", e.prev_hash, prev),
+                detail: format!(
+                    "prev_hash {} does not match previous hash {}",
+                    e.prev_hash, prev
+                ),
             });
         }
         let computed = compute_hash(e);

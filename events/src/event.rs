@@ -1,8 +1,8 @@
 //! Job events: past-tense facts, each with a type name and a payload schema version.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::JobSpec;
 

@@ -4,7 +4,8 @@
 //! # State machine
 //!
 //! Checked in this order: a job that does not exist answers every command but `submit` with
-//! `NotFound`; a finished job (`SUCCEEDED`, `FAILED`, `CANCELLED`) answers everything but `retry` with
+//! `NotFound`; an existing job answers `submit` with `AlreadyExists` (even once finished); a finished
+//! job (`SUCCEEDED`, `FAILED`, `CANCELLED`) answers everything else but `retry` with
 //! `AlreadyFinished`; a command naming an attempt other than the current one is `StaleAttempt`.
 //! Then:
 //!
@@ -15,6 +16,7 @@
 //! | any existing | `submit` | — `AlreadyExists` | — |
 //! | `SUBMITTED`, `RETRY_WAIT` | `mark_queued` | `JobQueued` | `QUEUED` |
 //! | `QUEUED` | `record_launch` | `TaskLaunched` | `LAUNCHING` |
+//! | `RUNNING`, `CANCELLING` | `record_launch` | `TaskLaunched` (late: the worker claimed first)³ | unchanged |
 //! | `QUEUED`, `LAUNCHING` | `record_launch_failure` | `LaunchFailed` + retry-or-fail¹ | `RETRY_WAIT` / `FAILED` |
 //! | `QUEUED`, `LAUNCHING` | `start_attempt` | `AttemptStarted` | `RUNNING` |
 //! | `RUNNING`, `CANCELLING` | `report_progress` | `ProgressReported` | unchanged |
@@ -40,6 +42,13 @@
 //!
 //! ² an interruption (Spot reclaim) does not use up an attempt, but a job may be interrupted at most
 //! 10 times: the 10th interruption appends `JobFailed`.
+//!
+//! ³ a worker can start before the launcher's append lands (an in-process worker always can; on
+//! ECS a retried append can be late): the task is still recorded, and the status stays.
+//!
+//! `report_progress` and `succeed` are refused with `InvalidProgress` when `done + failed > total`,
+//! when a count is above 2^53 − 1 (the ledger stores numbers as RFC 8785 doubles), or when a usage
+//! figure (`vcpu`, `cost_usd`) is negative or not finite.
 
 use std::fmt;
 
@@ -49,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Clock, Command};
 use crate::event::{self, JobEvent};
 use crate::rejection::Rejection;
+use crate::spec::limits::MAX_SAFE_INTEGER;
 use crate::spec::{JobInput, JobSpec};
 
 /// The most interruptions a job survives; the last one fails it.
@@ -178,7 +188,7 @@ impl Job {
         match (self.status, cmd) {
             (New, Command::Submit(spec)) => {
                 spec.validate().map_err(Rejection::Invalid)?;
-                return Ok(vec![JobEvent::JobSubmitted(spec.clone())]);
+                return Ok(vec![JobEvent::JobSubmitted(spec.as_recorded())]);
             }
             (New, _) => return Err(Rejection::NotFound),
             (_, Command::Submit(_)) => return Err(Rejection::AlreadyExists),
@@ -188,13 +198,13 @@ impl Job {
             }
             _ => {}
         }
-        if let Some(got) = cmd.attempt() {
-            if got != self.attempt {
-                return Err(Rejection::StaleAttempt {
-                    current: self.attempt,
-                    got,
-                });
-            }
+        if let Some(got) = cmd.attempt()
+            && got != self.attempt
+        {
+            return Err(Rejection::StaleAttempt {
+                current: self.attempt,
+                got,
+            });
         }
         let illegal = || Rejection::IllegalTransition {
             from: self.status,
@@ -209,7 +219,7 @@ impl Job {
                 })])
             }
             (
-                Queued,
+                Queued | Running | Cancelling,
                 Command::RecordLaunch {
                     task_arn, capacity, ..
                 },
@@ -251,6 +261,10 @@ impl Job {
                     ..
                 },
             ) => {
+                for (name, value) in [("done", *done), ("failed", *failed), ("total", *total)] {
+                    safe_count(name, value)?;
+                }
+                // Both are at most 2^53 − 1 here, so the sum cannot overflow.
                 if done + failed > *total {
                     return Err(Rejection::InvalidProgress(format!(
                         "done {done} + failed {failed} is more than total {total}"
@@ -274,14 +288,19 @@ impl Job {
                     usage,
                     ..
                 },
-            ) => Ok(vec![JobEvent::JobSucceeded(event::Succeeded {
-                attempt,
-                result_uri: result_uri.clone(),
-                result_sha256: result_sha256.clone(),
-                items_ok: *items_ok,
-                items_failed: *items_failed,
-                usage: usage.clone(),
-            })]),
+            ) => {
+                safe_count("items_ok", *items_ok)?;
+                safe_count("items_failed", *items_failed)?;
+                check_usage(usage)?;
+                Ok(vec![JobEvent::JobSucceeded(event::Succeeded {
+                    attempt,
+                    result_uri: result_uri.clone(),
+                    result_sha256: result_sha256.clone(),
+                    items_ok: *items_ok,
+                    items_failed: *items_failed,
+                    usage: usage.clone(),
+                })])
+            }
             (
                 Launching | Running,
                 Command::FailAttempt {
@@ -305,9 +324,7 @@ impl Job {
                 });
                 let next = if self.interruptions + 1 >= MAX_INTERRUPTIONS {
                     JobEvent::JobFailed(event::Failed {
-                        reason: format!(
-                            "interrupted {MAX_INTERRUPTIONS} times (last: {reason})"
-                        ),
+                        reason: format!("interrupted {MAX_INTERRUPTIONS} times (last: {reason})"),
                     })
                 } else {
                     JobEvent::RetryScheduled(event::RetryScheduled {
@@ -321,7 +338,12 @@ impl Job {
                 JobEvent::AttemptTimedOut(event::TimedOut { attempt }),
                 self.retry_or_fail(true, &format!("attempt {attempt} timed out"), clock),
             ]),
-            (Cancelling, Command::FailAttempt { error, retryable, .. }) => Ok(vec![
+            (
+                Cancelling,
+                Command::FailAttempt {
+                    error, retryable, ..
+                },
+            ) => Ok(vec![
                 JobEvent::AttemptFailed(event::AttemptFailure {
                     attempt,
                     error: error.clone(),
@@ -379,7 +401,11 @@ impl Job {
         }
         JobEvent::RetryScheduled(event::RetryScheduled {
             next_attempt: self.attempt + 1,
-            not_before: clock.now + backoff(failures, clock.jitter),
+            // Only a clock near the end of chrono's range could overflow; then retry at once.
+            not_before: clock
+                .now
+                .checked_add_signed(backoff(failures, clock.jitter))
+                .unwrap_or(clock.now),
         })
     }
 
@@ -398,7 +424,9 @@ impl Job {
             }
             JobEvent::JobQueued(_) => self.status = Status::Queued,
             JobEvent::TaskLaunched(p) => {
-                self.status = Status::Launching;
+                if self.status == Status::Queued {
+                    self.status = Status::Launching;
+                }
                 self.task_arn = Some(p.task_arn.clone());
             }
             JobEvent::LaunchFailed(p) => {
@@ -449,6 +477,41 @@ impl Job {
         }
         self
     }
+}
+
+/// Counts are stored as JSON numbers, which RFC 8785 reads as IEEE doubles: larger integers would
+/// be recorded rounded (or, from 10^21 up, in exponent form that no longer decodes as an integer).
+fn safe_count(name: &str, value: u64) -> Result<(), Rejection> {
+    if value > MAX_SAFE_INTEGER {
+        return Err(Rejection::InvalidProgress(format!(
+            "{name} {value} is more than {MAX_SAFE_INTEGER} (2^53 - 1), the largest count the ledger stores exactly"
+        )));
+    }
+    Ok(())
+}
+
+/// A usage figure the ledger cannot store exactly (NaN, infinities, huge counts) would make the
+/// recorded `JobSucceeded` differ from, or fail to decode into, the event that was decided.
+fn check_usage(usage: &event::Usage) -> Result<(), Rejection> {
+    for (name, value) in [
+        ("usage.duration_ms", usage.duration_ms),
+        ("usage.memory_mb", usage.memory_mb),
+        ("usage.input_tokens", usage.input_tokens),
+        ("usage.output_tokens", usage.output_tokens),
+    ] {
+        safe_count(name, value)?;
+    }
+    for (name, value) in [
+        ("usage.vcpu", usage.vcpu),
+        ("usage.cost_usd", usage.cost_usd),
+    ] {
+        if !value.is_finite() || value < 0.0 {
+            return Err(Rejection::InvalidProgress(format!(
+                "{name} must be a finite number of at least 0, got {value}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn cancelled() -> JobEvent {

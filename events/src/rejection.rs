@@ -29,7 +29,7 @@ pub enum Rejection {
     /// A cancel for a job already being cancelled (HTTP 409).
     #[error("cancellation already requested")]
     AlreadyCancelling,
-    /// Progress figures that do not add up (HTTP 422).
+    /// Progress or result figures that do not add up or cannot be stored exactly (HTTP 422).
     #[error("invalid progress: {0}")]
     InvalidProgress(String),
     /// Any other (status, command) pair the state machine does not list (HTTP 409).

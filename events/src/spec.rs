@@ -148,6 +148,8 @@ pub mod limits {
     pub const MAX_METADATA_BYTES: usize = 2 * 1024;
     /// Idempotency key length bounds.
     pub const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=128;
+    /// Largest integer stored exactly: RFC 8785 writes every number as an IEEE double.
+    pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 }
 
 /// One invalid field of a spec, with a message a person can act on.
@@ -187,7 +189,9 @@ impl JobSpec {
                         ),
                     );
                 }
-                let bytes = serde_json::to_vec(items).map(|v| v.len()).unwrap_or(usize::MAX);
+                let bytes = serde_json::to_vec(items)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
                 if bytes > limits::MAX_INLINE_BYTES {
                     err(
                         "items",
@@ -225,16 +229,28 @@ impl JobSpec {
         let meta_bytes = serde_json::to_vec(&self.metadata)
             .map(|v| v.len())
             .unwrap_or(usize::MAX);
+        let unsafe_path = self
+            .metadata
+            .iter()
+            .find_map(|(k, v)| unsafe_integer(v, &format!("metadata.{k}")));
         if meta_bytes > limits::MAX_METADATA_BYTES {
             err(
                 "metadata",
                 format!("is {meta_bytes} bytes as JSON, more than 2048 (2 KiB)"),
             );
+        } else if let Some(path) = unsafe_path {
+            err(
+                "metadata",
+                format!(
+                    "{path} is an integer beyond ±{} (2^53 - 1), which JSON ledgers cannot store exactly; send it as a string",
+                    limits::MAX_SAFE_INTEGER
+                ),
+            );
         }
-        if let Some(key) = &self.idempotency_key {
-            if let Err(message) = validate_idempotency_key(key) {
-                err("idempotency_key", message);
-            }
+        if let Some(key) = &self.idempotency_key
+            && let Err(message) = validate_idempotency_key(key)
+        {
+            err("idempotency_key", message);
         }
         if errors.is_empty() {
             Ok(())
@@ -242,15 +258,55 @@ impl JobSpec {
             Err(errors)
         }
     }
+
+    /// The spec exactly as the ledger will give it back: metadata numbers pass through their
+    /// canonical (RFC 8785) form, so e.g. `5.0` becomes `5`. The aggregate records this, which keeps
+    /// the live state equal to the state folded from the stored history.
+    pub fn as_recorded(&self) -> JobSpec {
+        let metadata = serde_json::Value::Object(self.metadata.clone());
+        let canonical = crate::chain::canonical_json(&metadata);
+        match serde_json::from_str(&canonical) {
+            Ok(serde_json::Value::Object(metadata)) => JobSpec {
+                metadata,
+                ..self.clone()
+            },
+            // Canonical JSON of a map always parses back to a map; keep the spec as given otherwise.
+            _ => self.clone(),
+        }
+    }
+}
+
+/// The path of the first integer outside ±(2^53 − 1) in `value`, if any.
+fn unsafe_integer(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            let safe = match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => u <= limits::MAX_SAFE_INTEGER,
+                (None, Some(i)) => i.unsigned_abs() <= limits::MAX_SAFE_INTEGER,
+                // A float: stored as its shortest round-trip form, exactly.
+                (None, None) => true,
+            };
+            (!safe).then(|| path.to_string())
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| unsafe_integer(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map
+            .iter()
+            .find_map(|(k, v)| unsafe_integer(v, &format!("{path}.{k}"))),
+        _ => None,
+    }
 }
 
 /// An idempotency key is 1–128 printable ASCII characters.
 pub fn validate_idempotency_key(key: &str) -> Result<(), String> {
-    if !limits::IDEMPOTENCY_KEY_LEN.contains(&key.len()) {
-        return Err(format!(
-            "must be 1 to 128 characters, got {}",
-            key.chars().count()
-        ));
+    // Count characters, not bytes, so a non-ASCII key is told it is not ASCII rather than a
+    // misleading length.
+    let chars = key.chars().count();
+    if !limits::IDEMPOTENCY_KEY_LEN.contains(&chars) {
+        return Err(format!("must be 1 to 128 characters, got {chars}"));
     }
     if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err("must be printable ASCII (0x20 to 0x7e)".to_string());

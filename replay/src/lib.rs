@@ -1,1 +1,23 @@
 //! The auditor's tool: history, state at any point, verify, rebuild, export.
+//!
+//! Every command reads through a [`source::HistorySource`] (the embedded SQLite ledger or an export
+//! file; DynamoDB later) and decodes payloads only through `RecordedEvent::decode`, so older
+//! schemas are upcast in one place. Nothing here calls a reactor: a rebuild never re-notifies.
+//!
+//! Embedding (as `jobledger replay`): flatten [`cli::SourceArgs`] and nest [`cli::ReplayCommand`]
+//! as a subcommand, then `cli::run(cmd, source).await`.
+
+pub mod cli;
+pub mod drive;
+pub mod format;
+pub mod history;
+pub mod source;
+pub mod synth;
+pub mod transfer;
+pub mod verify;
+pub mod views;
+
+pub use cli::{ReplayCommand, SourceArgs, run};
+pub use format::{Entry, ExportWriter, Pin};
+pub use source::{AnySource, FileSource, HistorySource, SourceError, SqliteSource};
+pub use verify::{Finding, Verifier, VerifyReport, verify_source};

@@ -1,5 +1,19 @@
 //! The jobledger worker runtime, job kinds and AI backends.
+//!
+//! - [`runtime::run_attempt`]: one attempt of one job, from claim to results (what the `worker`
+//!   binary and `jobledger dev` run).
+//! - [`kinds`]: reading and checking items, and the builtin heuristics of each job kind.
+//! - [`backend`]: the `Backend` port model backends implement, and the offline `BuiltinBackend`.
+//! - [`objects`]: the `ObjectStore` port for results, checkpoints and large inputs.
 
+pub mod backend;
+pub mod config;
+pub mod kinds;
 pub mod objects;
+pub mod process;
+pub mod runtime;
 
+pub use backend::{Backend, BuiltinBackend, Generated, ItemError, ItemUsage};
+pub use config::{ConfigError, WorkerConfig, WorkerEnv};
 pub use objects::{FsObjectStore, ObjectError, ObjectStore};
+pub use runtime::{AttemptOutcome, ResultLine, WorkerError, run_attempt, run_attempt_with};

@@ -1,0 +1,231 @@
+//! Local task launchers for `jobledger dev`: workers on the tokio runtime, or as child processes.
+//!
+//! Both limit how many workers run at once (a launch waits for a free slot, which holds the queue
+//! back) and are idempotent per attempt, like ECS `RunTask` with a `clientToken`: launching an attempt
+//! again answers the first task's id and starts nothing. Whether a worker did its job is read from
+//! the ledger, never from how its task ended.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jobledger_events::JobId;
+use jobledger_events::event::Capacity;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::ports::{LaunchError, LaunchResult, TaskLauncher};
+
+/// How long a launch is remembered for idempotency (as ECS remembers a `clientToken`).
+pub const LAUNCH_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The work an in-process task does for `(job_id, attempt)`; it reports through the ledger.
+pub type WorkFn = Arc<dyn Fn(JobId, u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Remembers which attempts were launched, and as which task.
+#[derive(Default)]
+struct Launches(Mutex<HashMap<(JobId, u32), (String, Instant)>>);
+
+impl Launches {
+    fn get(&self, key: (JobId, u32)) -> Result<Option<String>, LaunchError> {
+        let map = self
+            .0
+            .lock()
+            .map_err(|_| LaunchError::permanent("launch registry poisoned"))?;
+        Ok(map.get(&key).map(|(task, _)| task.clone()))
+    }
+
+    fn insert(&self, key: (JobId, u32), task: String) -> Result<(), LaunchError> {
+        let mut map = self
+            .0
+            .lock()
+            .map_err(|_| LaunchError::permanent("launch registry poisoned"))?;
+        let now = Instant::now();
+        map.retain(|_, (_, at)| now.duration_since(*at) < LAUNCH_MEMORY);
+        map.insert(key, (task, now));
+        Ok(())
+    }
+}
+
+/// Launch gate shared by both launchers: one launch of an attempt at a time, then a free slot.
+struct Gate {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    launches: Launches,
+    /// Serialises launches so two deliveries of one attempt cannot both start a task.
+    launching: tokio::sync::Mutex<()>,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
+        Gate {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            launches: Launches::default(),
+            launching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, LaunchError> {
+        Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| LaunchError::permanent("launcher is shut down"))
+    }
+
+    async fn wait_idle(&self) {
+        let all = u32::try_from(self.limit).unwrap_or(u32::MAX);
+        // Holding every slot at once means no worker is running; they are released at once.
+        let _ = self.slots.acquire_many(all).await;
+    }
+}
+
+/// Runs each worker as a task on the tokio runtime.
+pub struct InProcessLauncher {
+    work: WorkFn,
+    gate: Gate,
+}
+
+impl InProcessLauncher {
+    /// A launcher running `work` for each attempt, at most `limit` at once (at least 1).
+    pub fn new(work: WorkFn, limit: usize) -> Self {
+        InProcessLauncher {
+            work,
+            gate: Gate::new(limit),
+        }
+    }
+
+    /// Resolves once no worker is running (for shutdown and tests).
+    pub async fn wait_idle(&self) {
+        self.gate.wait_idle().await;
+    }
+
+    /// Workers running now.
+    pub fn running(&self) -> usize {
+        self.gate.limit - self.gate.slots.available_permits()
+    }
+}
+
+impl TaskLauncher for InProcessLauncher {
+    async fn launch(&self, job_id: JobId, attempt: u32) -> Result<LaunchResult, LaunchError> {
+        let _one_at_a_time = self.gate.launching.lock().await;
+        let key = (job_id, attempt);
+        let task_arn = match self.gate.launches.get(key)? {
+            Some(task_arn) => task_arn,
+            None => {
+                let slot = self.gate.slot().await?;
+                let task_arn = format!("local:in-process:{job_id}-{attempt}");
+                self.gate.launches.insert(key, task_arn.clone())?;
+                let work = (self.work)(job_id, attempt);
+                let task = task_arn.clone();
+                tokio::spawn(async move {
+                    work.await;
+                    drop(slot);
+                    tracing::debug!(%job_id, attempt, task, "in-process worker returned");
+                });
+                task_arn
+            }
+        };
+        Ok(LaunchResult {
+            task_arn,
+            capacity: Capacity::Local,
+        })
+    }
+}
+
+/// Runs each worker as a child process of a given program, with `JOB_ID` and `ATTEMPT` set.
+pub struct ChildProcessLauncher {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    gate: Gate,
+}
+
+impl ChildProcessLauncher {
+    /// A launcher running `program args…` per attempt with `env` added to the environment (e.g.
+    /// `JOBLEDGER_DATA_DIR`), at most `limit` at once (at least 1).
+    pub fn new(
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        limit: usize,
+    ) -> Self {
+        ChildProcessLauncher {
+            program: program.into(),
+            args,
+            env,
+            gate: Gate::new(limit),
+        }
+    }
+
+    /// Resolves once no child is running (for shutdown and tests).
+    pub async fn wait_idle(&self) {
+        self.gate.wait_idle().await;
+    }
+
+    /// Children running now.
+    pub fn running(&self) -> usize {
+        self.gate.limit - self.gate.slots.available_permits()
+    }
+}
+
+impl TaskLauncher for ChildProcessLauncher {
+    async fn launch(&self, job_id: JobId, attempt: u32) -> Result<LaunchResult, LaunchError> {
+        let _one_at_a_time = self.gate.launching.lock().await;
+        let key = (job_id, attempt);
+        if let Some(task_arn) = self.gate.launches.get(key)? {
+            return Ok(LaunchResult {
+                task_arn,
+                capacity: Capacity::Local,
+            });
+        }
+        let slot = self.gate.slot().await?;
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("JOB_ID", job_id.to_string())
+            .env("ATTEMPT", attempt.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                let reason = format!("cannot start {}: {e}", self.program.display());
+                // A missing or forbidden program will not appear by trying again; running out of
+                // processes or file descriptors may pass.
+                match e.kind() {
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                        LaunchError::permanent(reason)
+                    }
+                    _ => LaunchError::retryable(reason),
+                }
+            })?;
+        let task_arn = match child.id() {
+            Some(pid) => format!("local:{pid}"),
+            None => format!("local:exited-{job_id}-{attempt}"),
+        };
+        self.gate.launches.insert(key, task_arn.clone())?;
+        let task = task_arn.clone();
+        tokio::spawn(async move {
+            // The exit is only logged: the ledger says whether the attempt succeeded.
+            match child.wait().await {
+                Ok(status) if status.success() => {
+                    tracing::debug!(%job_id, attempt, task, "worker exited")
+                }
+                Ok(status) => {
+                    tracing::warn!(%job_id, attempt, task, %status, "worker exited with failure")
+                }
+                Err(e) => {
+                    tracing::warn!(%job_id, attempt, task, error = %e, "cannot wait for worker")
+                }
+            }
+            drop(slot);
+        });
+        Ok(LaunchResult {
+            task_arn,
+            capacity: Capacity::Local,
+        })
+    }
+}

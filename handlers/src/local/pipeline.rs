@@ -1,0 +1,295 @@
+//! The loops `jobledger dev` spawns to run the pipeline cores locally: the dispatcher follows the
+//! change feed, the launcher drains the work queue, the sweeper times out lost attempts.
+//!
+//! Each loop runs until its `shutdown` future resolves, and survives errors by logging them and
+//! trying again with a capped backoff: every step is idempotent, so cutting one short (shutdown) or
+//! repeating it (after an error) is safe.
+
+use std::future::Future;
+use std::time::Duration;
+
+use jobledger_events::{ChangeFeed, EventStore};
+
+use crate::dispatch::{StreamRecord, dispatch_batch};
+use crate::launch::{LaunchPolicy, launch_batch};
+use crate::ports::{JobQueue, QueueError, TaskLauncher, TimeSource};
+use crate::sweep::{CandidateSource, SweepPolicy, sweep};
+
+/// The dispatcher's consumer name for its change-feed checkpoint.
+pub const DISPATCHER: &str = "dispatcher";
+
+/// First pause after a failed step; doubled per failure in a row up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Settings of [`run_dispatcher`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatcherConfig {
+    /// The change-feed consumer whose checkpoint is kept.
+    pub consumer: String,
+    /// Feed events per batch.
+    pub batch_size: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            consumer: DISPATCHER.to_string(),
+            batch_size: 100,
+        }
+    }
+}
+
+/// Follows the change feed from the consumer's checkpoint and dispatches each batch, saving the
+/// checkpoint only past records that succeeded; a failed record is retried, in order, after a pause.
+pub async fn run_dispatcher<S, Q, T>(
+    store: &S,
+    queue: &Q,
+    time: &T,
+    config: &DispatcherConfig,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: EventStore + ChangeFeed,
+    Q: JobQueue,
+    T: TimeSource + ?Sized,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut position: Option<u64> = None;
+    let mut failures = 0u32;
+    loop {
+        let step = async {
+            let from = match position {
+                Some(seq) => seq,
+                None => {
+                    let seq = store.checkpoint(&config.consumer).await?;
+                    position = Some(seq);
+                    seq
+                }
+            };
+            let page = store.read_after(from, config.batch_size.max(1)).await?;
+            if page.is_empty() {
+                store.wait_after(from).await;
+                return Ok(true);
+            }
+            let seqs: Vec<u64> = page.iter().map(|f| f.seq).collect();
+            let records: Vec<StreamRecord> = page.into_iter().map(StreamRecord::from).collect();
+            let report = dispatch_batch(store, queue, &records, time.now()).await;
+            if let Some(&seq) = report.succeeded.checked_sub(1).and_then(|i| seqs.get(i)) {
+                store.save_checkpoint(&config.consumer, seq).await?;
+                position = Some(seq);
+            }
+            match report.error {
+                None => Ok(true),
+                Some(e) => {
+                    tracing::warn!(consumer = config.consumer, record = ?report.failed_ids.first(), error = %e, "dispatch failed; will retry");
+                    Ok(false)
+                }
+            }
+        };
+        let ok = tokio::select! {
+            _ = shutdown.as_mut() => return,
+            result = step => result.unwrap_or_else(|e: jobledger_events::StoreError| {
+                tracing::warn!(consumer = config.consumer, error = %e, "change feed failed; will retry");
+                false
+            }),
+        };
+        if !pause_after(ok, &mut failures, shutdown.as_mut()).await {
+            return;
+        }
+    }
+}
+
+/// After a step: reset the failure count, or sleep a backoff. `false` if shutdown came first.
+async fn pause_after(
+    ok: bool,
+    failures: &mut u32,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    if ok {
+        *failures = 0;
+        return true;
+    }
+    *failures += 1;
+    tokio::select! {
+        _ = shutdown => false,
+        _ = tokio::time::sleep(backoff(*failures)) => true,
+    }
+}
+
+/// Settings of [`run_launcher`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LauncherConfig {
+    /// Messages per receive (1–10).
+    pub batch_size: usize,
+    /// How long a received message stays hidden while it is handled; a message whose launch failed
+    /// comes back after this.
+    pub visibility: Duration,
+    /// Long-polling wait per receive.
+    pub wait: Duration,
+    /// The launch core's policy.
+    pub policy: LaunchPolicy,
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        LauncherConfig {
+            batch_size: 10,
+            visibility: Duration::from_secs(60),
+            wait: Duration::from_secs(20),
+            policy: LaunchPolicy::default(),
+        }
+    }
+}
+
+/// Receives work messages and launches them: messages handled are deleted, the one that stopped
+/// the batch stays hidden (until its `not_before`, or for the visibility timeout after a failure),
+/// and those after it, never tried, are returned to the queue at once.
+pub async fn run_launcher<S, Q, L, T>(
+    store: &S,
+    queue: &Q,
+    launcher: &L,
+    time: &T,
+    config: &LauncherConfig,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: EventStore,
+    Q: JobQueue,
+    L: TaskLauncher,
+    T: TimeSource + ?Sized,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut failures = 0u32;
+    loop {
+        let step = async {
+            let messages = queue
+                .receive(
+                    config.batch_size.clamp(1, 10),
+                    config.visibility,
+                    config.wait,
+                )
+                .await?;
+            if messages.is_empty() {
+                return Ok::<_, QueueError>(true);
+            }
+            let report =
+                launch_batch(store, queue, launcher, &messages, time, &config.policy).await;
+            for m in &messages[..report.succeeded] {
+                match queue.delete(&m.receipt_handle).await {
+                    Ok(()) => {}
+                    // Delivered again meanwhile (a long launch): the next delivery is skipped by the core.
+                    Err(QueueError::InvalidReceipt) => {
+                        tracing::debug!(
+                            message_id = m.message_id,
+                            "message was delivered again before its delete"
+                        )
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(error) = report.error else {
+                return Ok(true);
+            };
+            if error.is_fault() {
+                tracing::warn!(message_id = ?report.failed_ids.first(), %error, "launch failed; message kept for redelivery");
+            } else {
+                tracing::info!(%error, "launch deferred");
+            }
+            for m in messages.iter().skip(report.succeeded + 1) {
+                if let Err(e) = queue
+                    .change_visibility(&m.receipt_handle, Duration::ZERO)
+                    .await
+                {
+                    tracing::debug!(message_id = m.message_id, error = %e, "cannot return untried message");
+                }
+            }
+            Ok(true)
+        };
+        let ok = tokio::select! {
+            _ = shutdown.as_mut() => return,
+            result = step => result.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "work queue failed; will retry");
+                false
+            }),
+        };
+        if !pause_after(ok, &mut failures, shutdown.as_mut()).await {
+            return;
+        }
+    }
+}
+
+/// Settings of [`run_sweeper`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweeperConfig {
+    /// Time between sweeps.
+    pub every: Duration,
+    /// The sweep core's policy.
+    pub policy: SweepPolicy,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        SweeperConfig {
+            every: Duration::from_secs(30),
+            policy: SweepPolicy::default(),
+        }
+    }
+}
+
+/// Sweeps the candidates every `config.every` (the first sweep after one period).
+pub async fn run_sweeper<S, C, T>(
+    store: &S,
+    source: &C,
+    time: &T,
+    config: &SweeperConfig,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: EventStore,
+    C: CandidateSource,
+    T: TimeSource + ?Sized,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + config.every, config.every);
+    // After a long pause (a laptop asleep), sweep once, not once per missed tick.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let step = async {
+            ticks.tick().await;
+            let candidates = match source.candidates().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list sweep candidates; will retry");
+                    return;
+                }
+            };
+            let report = sweep(store, &candidates, &config.policy, time).await;
+            for (job_id, e) in &report.errors {
+                tracing::warn!(%job_id, error = %e, "sweep failed for job; will retry");
+            }
+        };
+        tokio::select! {
+            _ = shutdown.as_mut() => return,
+            () = step => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(1600));
+        assert_eq!(backoff(50), MAX_BACKOFF);
+    }
+}

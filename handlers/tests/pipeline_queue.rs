@@ -1,0 +1,327 @@
+//! `SqliteJobQueue` behaves like an SQS FIFO queue: groups, order, deduplication, visibility,
+//! receive counts, dead letters, and receivers woken without polling.
+
+mod pipeline_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobledger_events::JobId;
+use jobledger_handlers::local::{QueueConfig, SqliteJobQueue};
+use jobledger_handlers::ports::{JobMessage, JobQueue, QueueError, TimeSource};
+use pipeline_support::TestTime;
+use uuid::Uuid;
+
+const VIS: Duration = Duration::from_secs(30);
+const NOW: Duration = Duration::ZERO;
+
+struct Q {
+    _dir: tempfile::TempDir,
+    queue: SqliteJobQueue,
+    time: Arc<TestTime>,
+}
+
+fn queue_with(config: QueueConfig) -> Q {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let time = Arc::new(TestTime::default());
+    let clock = Arc::clone(&time);
+    let queue = SqliteJobQueue::open_with(dir.path().join("queue.db"), config)
+        .expect("open")
+        .with_clock(Arc::new(move || clock.now()));
+    Q {
+        _dir: dir,
+        queue,
+        time,
+    }
+}
+
+fn queue() -> Q {
+    queue_with(QueueConfig::default())
+}
+
+fn msg(job: JobId, attempt: u32) -> JobMessage {
+    JobMessage::new(job, attempt, None, Uuid::now_v7())
+}
+
+fn attempts(received: &[jobledger_handlers::ports::ReceivedMessage]) -> Vec<(JobId, u32)> {
+    received
+        .iter()
+        .map(|m| {
+            let body = JobMessage::from_body(&m.body).expect("job message");
+            (body.job_id, body.attempt)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_group_comes_out_in_send_order() {
+    let q = queue();
+    let job = JobId::new();
+    for attempt in 1..=3 {
+        q.queue.send(&msg(job, attempt)).await.expect("send");
+    }
+    let got = q.queue.receive(10, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&got), vec![(job, 1), (job, 2), (job, 3)]);
+    assert!(got.iter().all(|m| m.receive_count == 1));
+}
+
+#[tokio::test]
+async fn while_a_group_has_a_message_in_flight_no_other_message_of_it_is_handed_out() {
+    let q = queue();
+    let (a, b) = (JobId::new(), JobId::new());
+    q.queue.send(&msg(a, 1)).await.expect("send");
+    let first = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&first), vec![(a, 1)]);
+
+    q.queue.send(&msg(a, 2)).await.expect("send");
+    q.queue.send(&msg(b, 1)).await.expect("send");
+    let second = q.queue.receive(10, VIS, NOW).await.expect("receive");
+    assert_eq!(
+        attempts(&second),
+        vec![(b, 1)],
+        "group a is blocked by its in-flight message"
+    );
+
+    q.queue
+        .delete(&first[0].receipt_handle)
+        .await
+        .expect("delete");
+    let third = q.queue.receive(10, VIS, NOW).await.expect("receive");
+    assert_eq!(
+        attempts(&third),
+        vec![(a, 2)],
+        "deleting the head frees the group"
+    );
+}
+
+#[tokio::test]
+async fn groups_are_served_oldest_first_with_their_messages_together() {
+    let q = queue();
+    let (a, b) = (JobId::new(), JobId::new());
+    q.queue.send(&msg(a, 1)).await.expect("send");
+    q.queue.send(&msg(b, 1)).await.expect("send");
+    q.queue.send(&msg(a, 2)).await.expect("send");
+    let got = q.queue.receive(10, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&got), vec![(a, 1), (a, 2), (b, 1)]);
+}
+
+#[tokio::test]
+async fn a_duplicate_within_five_minutes_is_accepted_but_not_enqueued_even_after_a_delete() {
+    let q = queue();
+    let m = msg(JobId::new(), 1);
+    let first = q.queue.send(&m).await.expect("send");
+    let again = q.queue.send(&m).await.expect("send duplicate");
+    assert_eq!(first, again, "a duplicate answers the first message's id");
+    assert_eq!(q.queue.stats().await.expect("stats").visible, 1);
+
+    let got = q.queue.receive(10, VIS, NOW).await.expect("receive");
+    q.queue
+        .delete(&got[0].receipt_handle)
+        .await
+        .expect("delete");
+    q.time.advance(chrono::Duration::minutes(4));
+    assert_eq!(q.queue.send(&m).await.expect("send"), first);
+    assert!(
+        q.queue
+            .receive(10, VIS, NOW)
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+
+    q.time.advance(chrono::Duration::seconds(61));
+    let fresh = q.queue.send(&m).await.expect("send after the window");
+    assert_ne!(
+        fresh, first,
+        "after the window the same id is a new message"
+    );
+    assert_eq!(
+        q.queue.receive(10, VIS, NOW).await.expect("receive").len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unacknowledged_message_comes_back_after_its_visibility_timeout_with_a_new_receipt() {
+    let q = queue();
+    q.queue.send(&msg(JobId::new(), 1)).await.expect("send");
+    let first = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert!(
+        q.queue
+            .receive(1, VIS, NOW)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "hidden while in flight"
+    );
+
+    q.time.advance(chrono::Duration::seconds(31));
+    let second = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(second[0].message_id, first[0].message_id);
+    assert_eq!(second[0].receive_count, 2);
+    assert_ne!(second[0].receipt_handle, first[0].receipt_handle);
+    assert!(matches!(
+        q.queue.delete(&first[0].receipt_handle).await,
+        Err(QueueError::InvalidReceipt)
+    ));
+    q.queue
+        .delete(&second[0].receipt_handle)
+        .await
+        .expect("current receipt deletes");
+    assert_eq!(q.queue.stats().await.expect("stats"), Default::default());
+}
+
+#[tokio::test]
+async fn changing_visibility_hides_a_message_longer_or_returns_it_at_once() {
+    let q = queue();
+    q.queue.send(&msg(JobId::new(), 1)).await.expect("send");
+    let got = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    q.queue
+        .change_visibility(&got[0].receipt_handle, Duration::from_secs(600))
+        .await
+        .expect("extend");
+    q.time.advance(chrono::Duration::seconds(31));
+    assert!(
+        q.queue
+            .receive(1, VIS, NOW)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "extended past 30 s"
+    );
+
+    q.queue
+        .change_visibility(&got[0].receipt_handle, Duration::ZERO)
+        .await
+        .expect("return");
+    assert_eq!(
+        q.queue.receive(1, VIS, NOW).await.expect("receive").len(),
+        1
+    );
+    assert!(matches!(
+        q.queue.change_visibility("no-such-receipt", NOW).await,
+        Err(QueueError::InvalidReceipt)
+    ));
+}
+
+#[tokio::test]
+async fn a_message_received_too_often_goes_to_the_dead_letter_queue_and_can_be_redriven() {
+    let q = queue_with(QueueConfig {
+        max_receives: 2,
+        ..QueueConfig::default()
+    });
+    let job = JobId::new();
+    q.queue.send(&msg(job, 1)).await.expect("send");
+    q.queue.send(&msg(job, 2)).await.expect("send");
+    for count in 1..=2 {
+        let got = q.queue.receive(1, VIS, NOW).await.expect("receive");
+        assert_eq!(attempts(&got), vec![(job, 1)]);
+        assert_eq!(got[0].receive_count, count);
+        q.time.advance(chrono::Duration::seconds(31));
+    }
+    // The third delivery would break the limit: the head moves aside and the group goes on.
+    let got = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&got), vec![(job, 2)]);
+    let dead = q.queue.dead_letters().await.expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].receive_count, 2);
+    assert_eq!(dead[0].group_id, job.to_string());
+    assert_eq!(q.queue.stats().await.expect("stats").dead, 1);
+
+    q.queue
+        .delete(&got[0].receipt_handle)
+        .await
+        .expect("delete");
+    assert_eq!(q.queue.redrive(None).await.expect("redrive"), 1);
+    assert!(q.queue.dead_letters().await.expect("list").is_empty());
+    let back = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&back), vec![(job, 1)]);
+    assert_eq!(
+        back[0].receive_count, 1,
+        "a redriven message starts counting again"
+    );
+}
+
+#[tokio::test]
+async fn a_waiting_receiver_is_woken_by_a_send() {
+    let q = queue();
+    let receiver = q.queue.clone();
+    let started = tokio::time::Instant::now();
+    let waiting =
+        tokio::spawn(async move { receiver.receive(1, VIS, Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "nothing to receive yet");
+    let job = JobId::new();
+    q.queue.send(&msg(job, 1)).await.expect("send");
+    let got = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("woken well before the 20 s wait ends")
+        .expect("join")
+        .expect("receive");
+    assert_eq!(attempts(&got), vec![(job, 1)]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_waiting_receiver_wakes_when_an_in_flight_message_returns() {
+    let q = queue();
+    q.queue.send(&msg(JobId::new(), 1)).await.expect("send");
+    let first = q
+        .queue
+        .receive(1, Duration::from_millis(300), NOW)
+        .await
+        .expect("receive");
+    let started = tokio::time::Instant::now();
+    let again = q
+        .queue
+        .receive(1, VIS, Duration::from_secs(10))
+        .await
+        .expect("receive");
+    assert_eq!(again[0].message_id, first[0].message_id);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "woke at the visibility expiry"
+    );
+}
+
+#[tokio::test]
+async fn a_receive_with_nothing_to_give_returns_empty_after_its_wait() {
+    let q = queue();
+    let started = tokio::time::Instant::now();
+    let got = q
+        .queue
+        .receive(1, VIS, Duration::from_millis(200))
+        .await
+        .expect("receive");
+    assert!(got.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn messages_survive_reopening_the_queue_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("queue.db");
+    let job = JobId::new();
+    {
+        let queue = SqliteJobQueue::open(&path).expect("open");
+        queue.send(&msg(job, 1)).await.expect("send");
+    }
+    let queue = SqliteJobQueue::open(&path).expect("reopen");
+    let got = queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&got), vec![(job, 1)]);
+}
+
+#[tokio::test]
+async fn out_of_range_arguments_are_refused() {
+    let q = queue();
+    assert!(matches!(
+        q.queue.receive(11, VIS, NOW).await,
+        Err(QueueError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        q.queue
+            .receive(1, Duration::from_secs(13 * 3600), NOW)
+            .await,
+        Err(QueueError::InvalidArgument(_))
+    ));
+}

@@ -1,0 +1,371 @@
+//! `SqliteViewStore`: the embedded read model (its own SQLite file, WAL).
+//!
+//! Each view is stored as JSON next to the columns that listing filters and orders on. Every call
+//! runs on tokio's blocking pool, so a slow disk never stalls the async runtime; reads use a small
+//! pool of read-only connections, which WAL lets run while the single writer commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use jobledger_events::JobId;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
+
+use crate::job_view::JobView;
+use crate::stats::Stats;
+use crate::store::{ListQuery, MAX_LIST_LIMIT, Page, ViewError, ViewStore};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_version INTEGER NOT NULL,
+    view TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_status_updated_at ON jobs (status, updated_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_kind_updated_at ON jobs (kind, updated_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_updated_at ON jobs (updated_at, job_id);
+CREATE TABLE IF NOT EXISTS stats (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    stats TEXT NOT NULL
+);
+";
+
+/// Read connections kept open between calls; more are opened under load and dropped after.
+const READERS_KEPT: usize = 4;
+/// How long a statement waits for another connection's lock before failing as busy.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// The embedded view store. Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct SqliteViewStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn backend(e: rusqlite::Error) -> ViewError {
+    let retryable = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    ViewError::backend(retryable, e)
+}
+
+fn micros(at: &DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+impl SqliteViewStore {
+    /// Opens (creating if needed) the view store at `path`. The parent folder must exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ViewError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(backend)?;
+        // FULL: a lost write of a finished job's view would never be repaired by a later event.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+            .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(SqliteViewStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, ViewError> + Send + 'static,
+    ) -> Result<T, ViewError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| ViewError::backend(false, "view store writer mutex poisoned"))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| ViewError::backend(false, e))?
+    }
+
+    /// Runs `f` with a pooled read connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, ViewError> + Send + 'static,
+    ) -> Result<T, ViewError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let conn = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(backend)?;
+                    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+                        .map_err(backend)?;
+                    conn
+                }
+            };
+            let out = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < READERS_KEPT
+            {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| ViewError::backend(false, e))?
+    }
+}
+
+fn decode_view(job_id: &str, json: &str) -> Result<JobView, ViewError> {
+    serde_json::from_str(json).map_err(|e| ViewError::Corrupt {
+        job_id: job_id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn collect_views(
+    stmt: &mut rusqlite::Statement<'_>,
+    args: &[&dyn ToSql],
+) -> Result<Vec<JobView>, ViewError> {
+    let mut rows = stmt.query(args).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        let job_id: String = row.get(0).map_err(backend)?;
+        let json: String = row.get(1).map_err(backend)?;
+        out.push(decode_view(&job_id, &json)?);
+    }
+    Ok(out)
+}
+
+/// Cursor text: a format tag, then the last row's `updated_at` (µs) and `job_id`.
+fn encode_cursor(view: &JobView) -> String {
+    format!(
+        "c1.{}.{}",
+        micros(&view.updated_at),
+        view.job_id.as_uuid().simple()
+    )
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String), ViewError> {
+    let bad = || ViewError::BadCursor(cursor.to_string());
+    let mut parts = cursor.split('.');
+    let (Some("c1"), Some(at), Some(id), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let at: i64 = at.parse().map_err(|_| bad())?;
+    let id: JobId = id.parse().map_err(|_| bad())?;
+    Ok((at, id.to_string()))
+}
+
+/// A view as the `jobs` table stores it.
+struct Row {
+    job_id: String,
+    status: &'static str,
+    kind: &'static str,
+    created_at: i64,
+    updated_at: i64,
+    last_version: i64,
+    json: String,
+}
+
+impl Row {
+    fn of(view: &JobView) -> Result<Row, ViewError> {
+        Ok(Row {
+            job_id: view.job_id.to_string(),
+            status: view.status.as_str(),
+            kind: view.kind.as_str(),
+            created_at: micros(&view.created_at),
+            updated_at: micros(&view.updated_at),
+            last_version: view.last_version as i64,
+            json: serde_json::to_string(view).map_err(|e| ViewError::backend(false, e))?,
+        })
+    }
+
+    /// The version-guarded write; returns whether the row was written.
+    fn upsert(&self, conn: &Connection) -> Result<bool, ViewError> {
+        let written = conn
+            .prepare_cached(
+                "INSERT INTO jobs (job_id, status, kind, created_at, updated_at, last_version, view)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (job_id) DO UPDATE SET
+                     status = excluded.status, kind = excluded.kind,
+                     created_at = excluded.created_at, updated_at = excluded.updated_at,
+                     last_version = excluded.last_version, view = excluded.view
+                 WHERE jobs.last_version < excluded.last_version",
+            )
+            .map_err(backend)?
+            .execute(params![
+                self.job_id,
+                self.status,
+                self.kind,
+                self.created_at,
+                self.updated_at,
+                self.last_version,
+                self.json
+            ])
+            .map_err(backend)?;
+        Ok(written > 0)
+    }
+}
+
+impl ViewStore for SqliteViewStore {
+    async fn upsert(&self, view: &JobView) -> Result<bool, ViewError> {
+        let row = Row::of(view)?;
+        self.write(move |conn| row.upsert(conn)).await
+    }
+
+    async fn upsert_many(&self, views: &[JobView]) -> Result<usize, ViewError> {
+        let rows = views.iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
+        self.write(move |conn| {
+            // One transaction: one fsync for the whole rebuild instead of one per job.
+            let tx = conn.transaction().map_err(backend)?;
+            let mut written = 0;
+            for row in &rows {
+                written += usize::from(row.upsert(&tx)?);
+            }
+            tx.commit().map_err(backend)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn get(&self, job_id: JobId) -> Result<Option<JobView>, ViewError> {
+        let id = job_id.to_string();
+        self.read(move |conn| {
+            let json: Option<String> = conn
+                .prepare_cached("SELECT view FROM jobs WHERE job_id = ?1")
+                .map_err(backend)?
+                .query_row(params![id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            json.map(|j| decode_view(&id, &j)).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Page, ViewError> {
+        let limit = q.limit.clamp(1, MAX_LIST_LIMIT);
+        let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        let status = q.status.map(|s| s.as_str());
+        let kind = q.kind.map(|k| k.as_str());
+        self.read(move |conn| {
+            let mut sql = String::from("SELECT job_id, view FROM jobs WHERE 1 = 1");
+            let mut args: Vec<Box<dyn ToSql>> = Vec::new();
+            if let Some(status) = status {
+                args.push(Box::new(status));
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            if let Some(kind) = kind {
+                args.push(Box::new(kind));
+                sql.push_str(&format!(" AND kind = ?{}", args.len()));
+            }
+            if let Some((at, id)) = after {
+                args.push(Box::new(at));
+                args.push(Box::new(id));
+                sql.push_str(&format!(
+                    " AND (updated_at, job_id) < (?{}, ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            // One extra row tells whether another page follows.
+            args.push(Box::new(limit as i64 + 1));
+            sql.push_str(&format!(
+                " ORDER BY updated_at DESC, job_id DESC LIMIT ?{}",
+                args.len()
+            ));
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let refs: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref()).collect();
+            let mut jobs = collect_views(&mut stmt, &refs)?;
+            let next_cursor = if jobs.len() > limit {
+                jobs.truncate(limit);
+                jobs.last().map(encode_cursor)
+            } else {
+                None
+            };
+            Ok(Page { jobs, next_cursor })
+        })
+        .await
+    }
+
+    async fn scan(&self, after: Option<JobId>, limit: usize) -> Result<Vec<JobView>, ViewError> {
+        // An empty string sorts before every job id.
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let limit = limit.max(1) as i64;
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT job_id, view FROM jobs WHERE job_id > ?1 ORDER BY job_id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            collect_views(&mut stmt, &[&after, &limit])
+        })
+        .await
+    }
+
+    async fn clear(&self) -> Result<(), ViewError> {
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch("DELETE FROM jobs; DELETE FROM stats;")
+                .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
+        let json = serde_json::to_string(stats).map_err(|e| ViewError::backend(false, e))?;
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO stats (id, stats) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET stats = excluded.stats",
+                params![json],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn load_stats(&self) -> Result<Option<Stats>, ViewError> {
+        self.read(|conn| {
+            let json: Option<String> = conn
+                .query_row("SELECT stats FROM stats WHERE id = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            json.map(|j| {
+                serde_json::from_str(&j).map_err(|e| ViewError::Corrupt {
+                    job_id: "(stats)".to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+}
