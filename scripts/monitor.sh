@@ -103,7 +103,8 @@ run() {
     "$@"
   fi
 }
-aws_() { run aws --region "$REGION" "$@"; }
+# AWS_ENDPOINT_URL (a local stand-in such as moto) is passed on explicitly: AWS CLI v1 ignores it for SQS.
+aws_() { run aws ${AWS_ENDPOINT_URL:+--endpoint-url "$AWS_ENDPOINT_URL"} --region "$REGION" "$@"; }
 header() { printf '\n%s\n' "== $* =="; }
 
 cmd_tasks() {
@@ -154,7 +155,7 @@ cmd_jobs() {
 
 cmd_dlq() {
   header "queue depths (visible / in flight)"
-  local name url
+  local name url depth
   for name in jobs_queue_url jobs_dlq_url stream_dlq_url; do
     url="$(out "$name")"
     if [[ $DRY_RUN -eq 1 ]]; then
@@ -162,9 +163,10 @@ cmd_dlq() {
         --attribute-names ApproximateNumberOfMessages ApproximateNumberOfMessagesNotVisible \
         --query 'Attributes.[ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible]' --output text
     else
-      printf '  %-40s %s\n' "${url##*/}" "$(aws_ sqs get-queue-attributes --queue-url "$url" \
+      depth="$(aws_ sqs get-queue-attributes --queue-url "$url" \
         --attribute-names ApproximateNumberOfMessages ApproximateNumberOfMessagesNotVisible \
-        --query 'Attributes.[ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible]' --output text | tr '\t' '/')"
+        --query 'Attributes.[ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible]' --output text)"
+      printf '  %-40s %s\n' "${url##*/}" "$(tr '\t' '/' <<<"$depth")"
     fi
   done
   echo "  (a message in a DLQ needs an operator: see docs/deploy.md, Operations)"

@@ -38,7 +38,11 @@ fn job_commands() -> [Command; 3] {
 }
 
 /// Runs `jobs` jobs × 3 commands split over `clients` concurrent clients; returns commands/s.
-async fn commands_per_second(store: &SqliteEventStore, clients: usize, jobs: usize) -> BenchResult<f64> {
+async fn commands_per_second(
+    store: &SqliteEventStore,
+    clients: usize,
+    jobs: usize,
+) -> BenchResult<f64> {
     let per_client = jobs / clients;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -82,8 +86,14 @@ async fn main() -> BenchResult<()> {
         .unwrap_or(10_000);
     let dir = tempfile::tempdir_in(&base)?;
     let db = dir.path().join("bench.db");
-    println!("ledger_bench: SQLite WAL, synchronous=FULL, file {}", db.display());
-    println!("cores: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "ledger_bench: SQLite WAL, synchronous=FULL, file {}",
+        db.display()
+    );
+    println!(
+        "cores: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
 
     let loads: usize = std::env::var("LEDGER_BENCH_LOADS")
         .ok()
@@ -93,7 +103,10 @@ async fn main() -> BenchResult<()> {
         .max(1);
     let store = SqliteEventStore::open(&db)?;
     let one = commands_per_second(&store, 1, jobs / 10).await?;
-    println!("1 client:   {one:>9.0} commands/s ({} jobs x 3 commands)", jobs / 10);
+    println!(
+        "1 client:   {one:>9.0} commands/s ({} jobs x 3 commands)",
+        jobs / 10
+    );
 
     let before = store.writer_stats();
     let many = commands_per_second(&store, 64, jobs).await?;
@@ -113,7 +126,9 @@ async fn main() -> BenchResult<()> {
         let loaded = store.load(long).await?;
         times.push(started.elapsed());
         if loaded.len() != history.len() {
-            return Err(format!("loaded {} events, appended {}", loaded.len(), history.len()).into());
+            return Err(
+                format!("loaded {} events, appended {}", loaded.len(), history.len()).into(),
+            );
         }
     }
     let (fastest, slowest) = (times.iter().min().copied(), times.iter().max().copied());

@@ -5,7 +5,7 @@
 //! * `events` is a `WITHOUT ROWID` table keyed `(job_id, version)`, so a job's history is one
 //!   contiguous range of the b-tree and `load` is a single range scan. Besides the keys it has
 //!   three columns: `type` and `data` (the JSON payload, so SQL's JSON functions work on it) and
-//!   `envelope`, the rest of the envelope in a small binary record (see [`encode_envelope`]):
+//!   `envelope`, the rest of the envelope in a small binary record (see `encode_envelope`):
 //!   16-byte ids, 32-byte hashes, integer microseconds, and correlation/causation ids as 16 bytes
 //!   when they are canonical UUIDs. Packing them matters for `load`: every column read through
 //!   SQLite's API costs a few hundred instructions per row, more than parsing the record does.
@@ -142,7 +142,7 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
-/// The embedded event store. Cheap to clone; clones share the writer thread and the read pool.
+/// The embedded event store. Cheap to clone; clones share the writer and reader threads.
 #[derive(Clone)]
 pub struct SqliteEventStore {
     inner: Arc<Inner>,
@@ -268,10 +268,7 @@ impl SqliteEventStore {
             .send(WriteRequest { op, reply })
             .map_err(|_| StoreError::backend(false, "the SQLite writer thread has stopped"))?;
         rx.await.map_err(|_| {
-            StoreError::backend(
-                false,
-                "the SQLite writer thread stopped before committing",
-            )
+            StoreError::backend(false, "the SQLite writer thread stopped before committing")
         })?
     }
 
@@ -289,8 +286,9 @@ impl SqliteEventStore {
                 let _ = reply.send(f(conn));
             }))
             .map_err(|_| StoreError::backend(false, "the SQLite reader threads have stopped"))?;
-        rx.await
-            .map_err(|_| StoreError::backend(false, "a SQLite reader thread failed during a read"))?
+        rx.await.map_err(|_| {
+            StoreError::backend(false, "a SQLite reader thread failed during a read")
+        })?
     }
 
     /// Loads a long history as consecutive version ranges decoded on several reader threads.
@@ -298,7 +296,11 @@ impl SqliteEventStore {
     /// Each range is read in its own transaction, which is safe because events are never changed:
     /// versions `1..=head` are the same in every later snapshot, and the last range is open-ended
     /// so it also returns anything appended since `head` was read.
-    async fn load_in_parts(&self, job_id: JobId, head: u64) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn load_in_parts(
+        &self,
+        job_id: JobId,
+        head: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let parts = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 4) as u64;
@@ -307,9 +309,17 @@ impl SqliteEventStore {
         for part in 0..parts {
             let from = part * size + 1;
             let last = part + 1 == parts;
-            let to = if last { u64::MAX } else { (from + size - 1).min(head) };
+            let to = if last {
+                u64::MAX
+            } else {
+                (from + size - 1).min(head)
+            };
             // The first part's vector receives the others, so it is sized for the whole history.
-            let capacity = if part == 0 { head as usize } else { (size as usize).min(head as usize) };
+            let capacity = if part == 0 {
+                head as usize
+            } else {
+                (size as usize).min(head as usize)
+            };
             let store = self.clone();
             tasks.push((
                 from,
@@ -386,7 +396,9 @@ impl SqliteEventStore {
 fn spawn_readers(path: &Path) -> Result<mpsc::Sender<ReadJob>, StoreError> {
     let (tx, rx) = mpsc::channel::<ReadJob>();
     let rx = Arc::new(Mutex::new(rx));
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 4);
     for i in 0..threads {
         let conn = open_connection(path, true)?;
         let rx = Arc::clone(&rx);
@@ -537,7 +549,10 @@ impl<'a> EnvelopeReader<'a> {
 /// A canonical (lowercase, hyphenated) UUID string, without going through `fmt`.
 fn uuid_string(bytes: [u8; 16]) -> String {
     let mut buf = [0u8; 36];
-    Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut buf).to_owned()
+    Uuid::from_bytes(bytes)
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 fn decode_job_id(value: ValueRef<'_>) -> Result<JobId, String> {
@@ -569,7 +584,10 @@ fn decode_event(row: &rusqlite::Row<'_>, job_id: JobId) -> Result<RecordedEvent,
             ValueRef::Text(t) => std::str::from_utf8(t)
                 .map(str::to_owned)
                 .map_err(|e| corrupt(format!("{name} is not UTF-8: {e}"))),
-            other => Err(corrupt(format!("{name} is {:?}, not text", other.data_type()))),
+            other => Err(corrupt(format!(
+                "{name} is {:?}, not text",
+                other.data_type()
+            ))),
         }
     };
     let event_type = text(1, "type")?;
@@ -577,7 +595,12 @@ fn decode_event(row: &rusqlite::Row<'_>, job_id: JobId) -> Result<RecordedEvent,
         .map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
     let envelope = match row.get_ref(3).map_err(backend)? {
         ValueRef::Blob(b) => b,
-        other => return Err(corrupt(format!("envelope is {:?}, not a blob", other.data_type()))),
+        other => {
+            return Err(corrupt(format!(
+                "envelope is {:?}, not a blob",
+                other.data_type()
+            )));
+        }
     };
     let mut r = EnvelopeReader { rest: envelope };
     let decoded = (|| {
@@ -617,7 +640,13 @@ fn decode_event(row: &rusqlite::Row<'_>, job_id: JobId) -> Result<RecordedEvent,
 }
 
 /// Reads versions `from..=to` of a job, checking that none is missing.
-fn scan_job(conn: &Connection, job_id: JobId, from: u64, to: u64, capacity: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+fn scan_job(
+    conn: &Connection,
+    job_id: JobId,
+    from: u64,
+    to: u64,
+    capacity: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(SCAN_JOB).map_err(backend)?;
     let to = i64::try_from(to).unwrap_or(i64::MAX);
     let mut rows = stmt
@@ -650,7 +679,10 @@ fn missing(job_id: JobId, version: u64, next: Option<u64>) -> StoreError {
 fn head_version(conn: &Connection, job_id: JobId) -> Result<u64, StoreError> {
     let head: Option<i64> = conn
         .prepare_cached(HEAD_VERSION)
-        .and_then(|mut s| s.query_row(params![&job_id.as_uuid().as_bytes()[..]], |r| r.get(0)).optional())
+        .and_then(|mut s| {
+            s.query_row(params![&job_id.as_uuid().as_bytes()[..]], |r| r.get(0))
+                .optional()
+        })
         .map_err(backend)?;
     Ok(head.map_or(0, |h| h.max(0) as u64))
 }
@@ -694,7 +726,10 @@ fn decode_idempotency(
     })
 }
 
-fn lookup_idempotency(conn: &Connection, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+fn lookup_idempotency(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
     let mut stmt = conn
         .prepare_cached("SELECT job_id, fingerprint, created_at FROM idempotency WHERE key = ?1")
         .map_err(backend)?;
@@ -760,10 +795,14 @@ impl Writer {
         let mut events = 0u64;
         for request in group {
             let before = seq;
-            let result = self.exec("SAVEPOINT request").and_then(|()| match &request.op {
-                WriteOp::Append(batch) => self.append(batch, &mut seq),
-                WriteOp::SaveCheckpoint { consumer, seq } => self.save_checkpoint(consumer, *seq),
-            });
+            let result = self
+                .exec("SAVEPOINT request")
+                .and_then(|()| match &request.op {
+                    WriteOp::Append(batch) => self.append(batch, &mut seq),
+                    WriteOp::SaveCheckpoint { consumer, seq } => {
+                        self.save_checkpoint(consumer, *seq)
+                    }
+                });
             if self.conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (I/O error, disk full): nothing of this
                 // group was written, so no request may be acknowledged.
@@ -907,7 +946,10 @@ fn check_batch(batch: &AppendBatch) -> Result<(), StoreError> {
             ));
         }
         if i64::try_from(e.version).is_err() {
-            return Err(StoreError::backend(false, format!("version {} is out of range", e.version)));
+            return Err(StoreError::backend(
+                false,
+                format!("version {} is out of range", e.version),
+            ));
         }
     }
     Ok(())
@@ -933,7 +975,9 @@ fn copy_error(e: &StoreError) -> StoreError {
             version: *version,
             reason: reason.clone(),
         },
-        StoreError::Backend { retryable, source } => StoreError::backend(*retryable, source.to_string()),
+        StoreError::Backend { retryable, source } => {
+            StoreError::backend(*retryable, source.to_string())
+        }
     }
 }
 
@@ -1023,7 +1067,10 @@ impl ChangeFeed for SqliteEventStore {
         let consumer = consumer.to_string();
         self.read(move |conn| {
             conn.prepare_cached("SELECT seq FROM checkpoints WHERE consumer = ?1")
-                .and_then(|mut s| s.query_row(params![consumer], |r| r.get::<_, i64>(0)).optional())
+                .and_then(|mut s| {
+                    s.query_row(params![consumer], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
                 .map(|s| s.map_or(0, |s| s as u64))
                 .map_err(backend)
         })

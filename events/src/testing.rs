@@ -132,15 +132,17 @@ pub async fn running_job<S: EventStore>(store: &S) -> (JobId, Vec<RecordedEvent>
 pub fn build_history(job_id: JobId, progress_events: usize) -> Vec<RecordedEvent> {
     let total = progress_events as u64 + 1;
     let mut commands = commands_to_running(noop_spec(3));
-    commands.extend((1..=progress_events as u64).map(|done| Command::ReportProgress {
-        attempt: 1,
-        done,
-        failed: 0,
-        total,
-        checkpoint_uri: Some(format!(
-            "file:///var/lib/jobledger/checkpoints/{job_id}/attempt-1/after-item-{done:08}.json"
-        )),
-    }));
+    commands.extend(
+        (1..=progress_events as u64).map(|done| Command::ReportProgress {
+            attempt: 1,
+            done,
+            failed: 0,
+            total,
+            checkpoint_uri: Some(format!(
+                "file:///var/lib/jobledger/checkpoints/{job_id}/attempt-1/after-item-{done:08}.json"
+            )),
+        }),
+    );
     let ctx = test_context("worker:bench");
     let mut job = Job::default();
     let mut head = Hash::ZERO;
@@ -230,13 +232,19 @@ where
 
 /// Round trip: `load` returns exactly the appended envelopes, of one job only, including
 /// multi-event batches, non-ASCII text, and correlation ids that are and are not UUIDs.
-pub async fn load_returns_what_was_appended_field_for_field<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+pub async fn load_returns_what_was_appended_field_for_field<S: EventStore, H: StoreHarness<S>>(
+    harness: &H,
+) {
     let store = harness.fresh().await;
     let job_id = JobId::new();
     let other = JobId::new();
     let mut spec = noop_spec(2);
-    spec.metadata.insert("site".into(), "blog ✓ — «ünïcode» \"quoted\"\n".into());
-    spec.metadata.insert("nested".into(), serde_json::json!({"b": [1, 2.5, null], "a": true}));
+    spec.metadata
+        .insert("site".into(), "blog ✓ — «ünïcode» \"quoted\"\n".into());
+    spec.metadata.insert(
+        "nested".into(),
+        serde_json::json!({"b": [1, 2.5, null], "a": true}),
+    );
     let mut ctx = test_context("api-key:ключ");
     ctx.correlation_id = "req 42 ✓".into();
     ctx.causation_id = "42".into();
@@ -247,13 +255,22 @@ pub async fn load_returns_what_was_appended_field_for_field<S: EventStore, H: St
     // Another job's events must not leak into this job's history.
     expect_ok(
         "submitting another job",
-        run_commands(&store, other, &commands_to_running(noop_spec(1)), &test_context("api-key:other")).await,
+        run_commands(
+            &store,
+            other,
+            &commands_to_running(noop_spec(1)),
+            &test_context("api-key:other"),
+        )
+        .await,
     );
     let mut ctx = test_context("system:dispatcher");
     // Upper-case UUID text must come back as written, not normalised.
     ctx.causation_id = ctx.correlation_id.to_uppercase();
     let rest = commands_to_running(noop_spec(1)).split_off(1);
-    expected.extend(expect_ok("queue/launch/start", run_commands(&store, job_id, &rest, &ctx).await));
+    expected.extend(expect_ok(
+        "queue/launch/start",
+        run_commands(&store, job_id, &rest, &ctx).await,
+    ));
     let fail = Command::FailAttempt {
         attempt: 1,
         error: "model returned 500".into(),
@@ -263,12 +280,23 @@ pub async fn load_returns_what_was_appended_field_for_field<S: EventStore, H: St
             jitter: 0.5,
         },
     };
-    let two = expect_ok("failing the attempt", run_commands(&store, job_id, &[fail], &ctx).await);
-    assert_eq!(two.len(), 2, "a retryable failure appends AttemptFailed + RetryScheduled in one batch");
+    let two = expect_ok(
+        "failing the attempt",
+        run_commands(&store, job_id, &[fail], &ctx).await,
+    );
+    assert_eq!(
+        two.len(),
+        2,
+        "a retryable failure appends AttemptFailed + RetryScheduled in one batch"
+    );
     expected.extend(two);
 
     let loaded = expect_ok("load", store.load(job_id).await);
-    assert_eq!(loaded.len(), expected.len(), "load returned a different number of events");
+    assert_eq!(
+        loaded.len(),
+        expected.len(),
+        "load returned a different number of events"
+    );
     for (got, want) in loaded.iter().zip(&expected) {
         assert_eq!(
             serde_json::to_value(got).ok(),
@@ -277,10 +305,21 @@ pub async fn load_returns_what_was_appended_field_for_field<S: EventStore, H: St
             want.version
         );
         assert_eq!(got, want, "event {} differs", want.version);
-        assert!(got.hash_is_valid(), "event {} hash no longer matches its content", got.version);
-        assert!(got.decode().is_ok(), "event {} payload no longer decodes", got.version);
+        assert!(
+            got.hash_is_valid(),
+            "event {} hash no longer matches its content",
+            got.version
+        );
+        assert!(
+            got.decode().is_ok(),
+            "event {} payload no longer decodes",
+            got.version
+        );
     }
-    assert!(loaded.iter().all(|e| e.job_id == job_id), "load returned another job's events");
+    assert!(
+        loaded.iter().all(|e| e.job_id == job_id),
+        "load returned another job's events"
+    );
     assert!(
         expect_ok("load unknown job", store.load(JobId::new()).await).is_empty(),
         "a job that was never written must load as an empty history"
@@ -289,7 +328,10 @@ pub async fn load_returns_what_was_appended_field_for_field<S: EventStore, H: St
 
 /// Optimistic concurrency: an append whose expected version is not the head is a `Conflict`
 /// and writes nothing — not its events, not its idempotency key.
-pub async fn a_stale_expected_version_is_a_conflict_and_writes_nothing<S: EventStore, H: StoreHarness<S>>(
+pub async fn a_stale_expected_version_is_a_conflict_and_writes_nothing<
+    S: EventStore,
+    H: StoreHarness<S>,
+>(
     harness: &H,
 ) {
     let store = harness.fresh().await;
@@ -316,10 +358,19 @@ pub async fn a_stale_expected_version_is_a_conflict_and_writes_nothing<S: EventS
             })
             .await;
         match result {
-            Err(StoreError::Conflict { job_id: j, expected: e }) => {
-                assert_eq!((j, e), (job_id, expected), "the conflict must name the job and expected version");
+            Err(StoreError::Conflict {
+                job_id: j,
+                expected: e,
+            }) => {
+                assert_eq!(
+                    (j, e),
+                    (job_id, expected),
+                    "the conflict must name the job and expected version"
+                );
             }
-            other => panic!("append expecting version {expected} with head {head} gave {other:?}, not Conflict"),
+            other => panic!(
+                "append expecting version {expected} with head {head} gave {other:?}, not Conflict"
+            ),
         }
         assert_eq!(
             expect_ok("idempotency lookup", store.idempotency(&claim.key).await),
@@ -342,8 +393,15 @@ pub async fn a_stale_expected_version_is_a_conflict_and_writes_nothing<S: EventS
         matches!(result, Err(StoreError::Conflict { .. })),
         "appending after version 1 of a job with no events must conflict, got {result:?}"
     );
-    assert_eq!(expect_ok("load", store.load(job_id).await), history, "a conflict changed the history");
-    assert!(expect_ok("load", store.load(unknown).await).is_empty(), "a conflict wrote events");
+    assert_eq!(
+        expect_ok("load", store.load(job_id).await),
+        history,
+        "a conflict changed the history"
+    );
+    assert!(
+        expect_ok("load", store.load(unknown).await).is_empty(),
+        "a conflict wrote events"
+    );
 }
 
 /// 64 appenders race on one job through `execute`: every version has exactly one winner, there
@@ -368,7 +426,9 @@ where
             for _ in 0..1_000 {
                 match execute(&*store, job_id, &progress_command(i, 1_000), &ctx).await {
                     Ok(done) => return done.events,
-                    Err(ExecuteError::Store(StoreError::Conflict { .. })) => tokio::task::yield_now().await,
+                    Err(ExecuteError::Store(StoreError::Conflict { .. })) => {
+                        tokio::task::yield_now().await
+                    }
                     Err(e) => panic!("appender {i} failed: {e}"),
                 }
             }
@@ -379,22 +439,48 @@ where
     while let Some(joined) = tasks.join_next().await {
         acknowledged.extend(joined.unwrap_or_else(|e| panic!("appender task failed: {e}")));
     }
-    assert_eq!(acknowledged.len() as u64, APPENDERS, "every appender appends exactly one event");
+    assert_eq!(
+        acknowledged.len() as u64,
+        APPENDERS,
+        "every appender appends exactly one event"
+    );
     let versions: HashSet<u64> = acknowledged.iter().map(|e| e.version).collect();
-    assert_eq!(versions.len(), acknowledged.len(), "two appenders were acknowledged for the same version");
+    assert_eq!(
+        versions.len(),
+        acknowledged.len(),
+        "two appenders were acknowledged for the same version"
+    );
 
     let loaded = expect_ok("load", store.load(job_id).await);
-    assert_eq!(loaded.len() as u64, history.len() as u64 + APPENDERS, "events were lost or invented");
+    assert_eq!(
+        loaded.len() as u64,
+        history.len() as u64 + APPENDERS,
+        "events were lost or invented"
+    );
     assert_eq!(&loaded[..history.len()], &history[..], "the prefix changed");
     let stored: HashMap<u64, &RecordedEvent> = loaded.iter().map(|e| (e.version, e)).collect();
     for ack in &acknowledged {
-        assert_eq!(stored.get(&ack.version), Some(&ack), "acknowledged event {} is not stored as acknowledged", ack.version);
+        assert_eq!(
+            stored.get(&ack.version),
+            Some(&ack),
+            "acknowledged event {} is not stored as acknowledged",
+            ack.version
+        );
     }
-    assert_eq!(verify_chain(&loaded), vec![], "the chain is broken after concurrent appends");
+    assert_eq!(
+        verify_chain(&loaded),
+        vec![],
+        "the chain is broken after concurrent appends"
+    );
 }
 
 /// Idempotency: a second claim of a key fails with the original record and appends nothing.
-pub async fn a_reused_idempotency_key_returns_the_original_claim<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+pub async fn a_reused_idempotency_key_returns_the_original_claim<
+    S: EventStore,
+    H: StoreHarness<S>,
+>(
+    harness: &H,
+) {
     let store = harness.fresh().await;
     let key = "api-key:k1#order-7".to_string();
     let first = JobId::new();
@@ -409,80 +495,143 @@ pub async fn a_reused_idempotency_key_returns_the_original_claim<S: EventStore, 
     spec.idempotency_key = Some("order-7".into());
     let mut ctx = test_context("api-key:k1");
     ctx.idempotency = Some(claim(first, "sha-first"));
-    expect_ok("first submit", execute(&store, first, &Command::Submit(spec.clone()), &ctx).await);
+    expect_ok(
+        "first submit",
+        execute(&store, first, &Command::Submit(spec.clone()), &ctx).await,
+    );
     ctx.idempotency = Some(claim(second, "sha-second"));
     match execute(&store, second, &Command::Submit(spec), &ctx).await {
         Err(ExecuteError::Store(StoreError::IdempotencyKeyTaken { existing })) => {
-            assert_eq!(existing, claim(first, "sha-first"), "the error must carry the original claim");
+            assert_eq!(
+                existing,
+                claim(first, "sha-first"),
+                "the error must carry the original claim"
+            );
         }
         other => panic!("reusing an idempotency key gave {other:?}, not IdempotencyKeyTaken"),
     }
-    assert!(expect_ok("load", store.load(second).await).is_empty(), "the refused job has events");
-    assert_eq!(expect_ok("load", store.load(first).await).len(), 1, "the first job changed");
+    assert!(
+        expect_ok("load", store.load(second).await).is_empty(),
+        "the refused job has events"
+    );
+    assert_eq!(
+        expect_ok("load", store.load(first).await).len(),
+        1,
+        "the first job changed"
+    );
     assert_eq!(
         expect_ok("lookup", store.idempotency(&key).await),
         Some(claim(first, "sha-first")),
         "the stored claim is not the first one"
     );
-    assert_eq!(expect_ok("lookup", store.idempotency("api-key:k1#never").await), None);
+    assert_eq!(
+        expect_ok("lookup", store.idempotency("api-key:k1#never").await),
+        None
+    );
 }
 
 /// A 5,000-event history (over 1 MB, so paged backends must follow their cursors) loads whole,
 /// in version order.
-pub async fn a_long_history_loads_whole_and_in_order<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+pub async fn a_long_history_loads_whole_and_in_order<S: EventStore, H: StoreHarness<S>>(
+    harness: &H,
+) {
     let store = harness.fresh().await;
     let job_id = JobId::new();
     let history = build_history(job_id, 4_996);
     assert_eq!(history.len(), 5_000);
-    let bytes: usize = history.iter().map(|e| serde_json::to_vec(e).map_or(0, |v| v.len())).sum();
-    assert!(bytes > 1 << 20, "the history must exceed 1 MB to test paging, it is {bytes} bytes");
-    expect_ok("appending the history", append_history(&store, &history, 25).await);
+    let bytes: usize = history
+        .iter()
+        .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
+        .sum();
+    assert!(
+        bytes > 1 << 20,
+        "the history must exceed 1 MB to test paging, it is {bytes} bytes"
+    );
+    expect_ok(
+        "appending the history",
+        append_history(&store, &history, 25).await,
+    );
     let loaded = expect_ok("load", store.load(job_id).await);
-    assert_eq!(loaded.len(), history.len(), "the long history was truncated or padded");
-    assert!(loaded.iter().zip(1..).all(|(e, v)| e.version == v), "the long history is out of order");
+    assert_eq!(
+        loaded.len(),
+        history.len(),
+        "the long history was truncated or padded"
+    );
+    assert!(
+        loaded.iter().zip(1..).all(|(e, v)| e.version == v),
+        "the long history is out of order"
+    );
     assert_eq!(loaded, history, "the long history changed");
 }
 
 /// A stored event that cannot be decoded is an error naming the job and version — never a panic,
 /// never skipped.
-pub async fn a_corrupt_item_is_reported_with_job_and_version<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+pub async fn a_corrupt_item_is_reported_with_job_and_version<S: EventStore, H: StoreHarness<S>>(
+    harness: &H,
+) {
     let store = harness.fresh().await;
     let (job_id, _) = running_job(&store).await;
     harness.corrupt(&store, job_id, 2).await;
     match store.load(job_id).await {
-        Err(StoreError::Corrupt { job_id: j, version, .. }) => {
+        Err(StoreError::Corrupt {
+            job_id: j, version, ..
+        }) => {
             assert_eq!(j, job_id.to_string(), "Corrupt must name the job");
             assert_eq!(version, Some(2), "Corrupt must name the version");
         }
         other => panic!("loading a corrupt history gave {other:?}, not Corrupt"),
     }
-    let refused = execute(&store, job_id, &progress_command(1, 3), &test_context("worker:test")).await;
+    let refused = execute(
+        &store,
+        job_id,
+        &progress_command(1, 3),
+        &test_context("worker:test"),
+    )
+    .await;
     assert!(
-        matches!(refused, Err(ExecuteError::Store(StoreError::Corrupt { .. }))),
+        matches!(
+            refused,
+            Err(ExecuteError::Store(StoreError::Corrupt { .. }))
+        ),
         "a command on a corrupt history must fail with Corrupt, got {refused:?}"
     );
 }
 
 /// Many appends through `execute` keep one unbroken chain from the zero hash.
-pub async fn the_hash_chain_continues_across_appends<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+pub async fn the_hash_chain_continues_across_appends<S: EventStore, H: StoreHarness<S>>(
+    harness: &H,
+) {
     let store = harness.fresh().await;
     let (job_id, _) = running_job(&store).await;
     let ctx = test_context("worker:test");
     for done in 1..=200 {
-        expect_ok("progress", execute(&store, job_id, &progress_command(done, 200), &ctx).await);
+        expect_ok(
+            "progress",
+            execute(&store, job_id, &progress_command(done, 200), &ctx).await,
+        );
     }
     let loaded = expect_ok("load", store.load(job_id).await);
     assert_eq!(loaded.len(), 204);
-    assert_eq!(loaded[0].prev_hash, Hash::ZERO, "version 1 must chain from the zero hash");
+    assert_eq!(
+        loaded[0].prev_hash,
+        Hash::ZERO,
+        "version 1 must chain from the zero hash"
+    );
     for pair in loaded.windows(2) {
-        assert_eq!(pair[1].prev_hash, pair[0].hash, "version {} does not link to its predecessor", pair[1].version);
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "version {} does not link to its predecessor",
+            pair[1].version
+        );
     }
     assert_eq!(verify_chain(&loaded), vec![]);
 }
 
 /// An event written with an older payload schema (`ProgressReported` schema 1, no `failed`) is
 /// stored as written and decoded with `failed = 0`; the job keeps working on top of it.
-pub async fn an_older_payload_schema_is_upcast_on_read<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+pub async fn an_older_payload_schema_is_upcast_on_read<S: EventStore, H: StoreHarness<S>>(
+    harness: &H,
+) {
     let store = harness.fresh().await;
     let (job_id, history) = running_job(&store).await;
     let head = &history[history.len() - 1];
@@ -506,17 +655,29 @@ pub async fn an_older_payload_schema_is_upcast_on_read<S: EventStore, H: StoreHa
     );
     let loaded = expect_ok("load", store.load(job_id).await);
     let stored = &loaded[loaded.len() - 1];
-    assert_eq!(stored, &old, "the old event must be stored exactly as written");
+    assert_eq!(
+        stored, &old,
+        "the old event must be stored exactly as written"
+    );
     match expect_ok("decode", stored.decode()) {
         JobEvent::ProgressReported(p) => assert_eq!((p.done, p.failed, p.total), (5, 0, 10)),
         other => panic!("a schema-1 ProgressReported decoded as {other:?}"),
     }
     let next = expect_ok(
         "progress after an old event",
-        execute(&store, job_id, &progress_command(6, 10), &test_context("worker:test")).await,
+        execute(
+            &store,
+            job_id,
+            &progress_command(6, 10),
+            &test_context("worker:test"),
+        )
+        .await,
     );
     assert_eq!((next.job.version, next.job.done), (6, 6));
-    assert_eq!(verify_chain(&expect_ok("load", store.load(job_id).await)), vec![]);
+    assert_eq!(
+        verify_chain(&expect_ok("load", store.load(job_id).await)),
+        vec![]
+    );
 }
 
 /// The feed returns every event once, in commit order with increasing `seq`, and pages by `limit`.
@@ -531,13 +692,20 @@ where
     let mut committed = Vec::new();
     for command in commands_to_running(noop_spec(2)) {
         for job in jobs {
-            committed.extend(expect_ok("execute", execute(&store, job, &command, &ctx).await).events);
+            committed
+                .extend(expect_ok("execute", execute(&store, job, &command, &ctx).await).events);
         }
     }
     let feed = expect_ok("read_after", store.read_after(0, 1_000).await);
     let events: Vec<_> = feed.iter().map(|f| f.event.clone()).collect();
-    assert_eq!(events, committed, "the feed is not the committed events in commit order");
-    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq), "feed seq must increase");
+    assert_eq!(
+        events, committed,
+        "the feed is not the committed events in commit order"
+    );
+    assert!(
+        feed.windows(2).all(|w| w[0].seq < w[1].seq),
+        "feed seq must increase"
+    );
     let mut paged = Vec::new();
     let mut after = 0;
     loop {
@@ -562,15 +730,33 @@ where
     H: StoreHarness<S>,
 {
     let store = harness.fresh().await;
-    assert_eq!(expect_ok("checkpoint", store.checkpoint("projector").await), 0);
+    assert_eq!(
+        expect_ok("checkpoint", store.checkpoint("projector").await),
+        0
+    );
     expect_ok("save", store.save_checkpoint("projector", 5).await);
     expect_ok("save", store.save_checkpoint("notifier:slack", 7).await);
-    assert_eq!(expect_ok("checkpoint", store.checkpoint("projector").await), 5);
-    assert_eq!(expect_ok("checkpoint", store.checkpoint("notifier:slack").await), 7);
+    assert_eq!(
+        expect_ok("checkpoint", store.checkpoint("projector").await),
+        5
+    );
+    assert_eq!(
+        expect_ok("checkpoint", store.checkpoint("notifier:slack").await),
+        7
+    );
     expect_ok("save", store.save_checkpoint("projector", 9).await);
-    assert_eq!(expect_ok("checkpoint", store.checkpoint("projector").await), 9);
-    assert_eq!(expect_ok("checkpoint", store.checkpoint("notifier:slack").await), 7);
-    assert_eq!(expect_ok("checkpoint", store.checkpoint("dispatcher").await), 0);
+    assert_eq!(
+        expect_ok("checkpoint", store.checkpoint("projector").await),
+        9
+    );
+    assert_eq!(
+        expect_ok("checkpoint", store.checkpoint("notifier:slack").await),
+        7
+    );
+    assert_eq!(
+        expect_ok("checkpoint", store.checkpoint("dispatcher").await),
+        0
+    );
 }
 
 /// `wait_after` stays asleep while nothing is committed and wakes promptly on a commit.
@@ -595,10 +781,19 @@ where
         })
     };
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!waiter.is_finished(), "wait_after returned with nothing new in the feed");
+    assert!(
+        !waiter.is_finished(),
+        "wait_after returned with nothing new in the feed"
+    );
     expect_ok(
         "progress",
-        execute(&*store, job_id, &progress_command(1, 3), &test_context("worker:test")).await,
+        execute(
+            &*store,
+            job_id,
+            &progress_command(1, 3),
+            &test_context("worker:test"),
+        )
+        .await,
     );
     let acknowledged = Instant::now();
     let woke = tokio::time::timeout(Duration::from_secs(2), waiter)
@@ -606,7 +801,10 @@ where
         .unwrap_or_else(|_| panic!("the waiter was not woken by a commit"))
         .unwrap_or_else(|e| panic!("waiter task failed: {e}"));
     let late = woke.saturating_duration_since(acknowledged);
-    assert!(late < Duration::from_millis(100), "the waiter woke {late:?} after the commit was acknowledged");
+    assert!(
+        late < Duration::from_millis(100),
+        "the waiter woke {late:?} after the commit was acknowledged"
+    );
 }
 
 /// A plausible `usage` for `succeed` commands in tests.

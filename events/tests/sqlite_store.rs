@@ -225,22 +225,55 @@ async fn a_reopened_store_has_the_same_history_feed_and_checkpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_damaged_row_is_reported_as_corrupt_not_skipped() {
     let damage = [
-        ("payload is not JSON", "UPDATE events SET data = 'nope' WHERE job_id = ?1 AND version = ?2"),
-        ("payload is a blob", "UPDATE events SET data = x'7b7d' WHERE job_id = ?1 AND version = ?2"),
-        ("type is a blob", "UPDATE events SET type = x'ff' WHERE job_id = ?1 AND version = ?2"),
-        ("type is not UTF-8", "UPDATE events SET type = CAST(x'ff' AS TEXT) WHERE job_id = ?1 AND version = ?2"),
-        ("envelope is text", "UPDATE events SET envelope = 'e' WHERE job_id = ?1 AND version = ?2"),
-        ("envelope truncated", "UPDATE events SET envelope = substr(envelope, 1, 40) WHERE job_id = ?1 AND version = ?2"),
-        ("envelope truncated in a string", "UPDATE events SET envelope = substr(envelope, 1, length(envelope) - 1) WHERE job_id = ?1 AND version = ?2"),
-        ("envelope of an unknown format", "UPDATE events SET envelope = x'02' || substr(envelope, 2) WHERE job_id = ?1 AND version = ?2"),
-        ("envelope with bytes too many", "UPDATE events SET envelope = envelope || x'00' WHERE job_id = ?1 AND version = ?2"),
+        (
+            "payload is not JSON",
+            "UPDATE events SET data = 'nope' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "payload is a blob",
+            "UPDATE events SET data = x'7b7d' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "type is a blob",
+            "UPDATE events SET type = x'ff' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "type is not UTF-8",
+            "UPDATE events SET type = CAST(x'ff' AS TEXT) WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "envelope is text",
+            "UPDATE events SET envelope = 'e' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "envelope truncated",
+            "UPDATE events SET envelope = substr(envelope, 1, 40) WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "envelope truncated in a string",
+            "UPDATE events SET envelope = substr(envelope, 1, length(envelope) - 1) WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "envelope of an unknown format",
+            "UPDATE events SET envelope = x'02' || substr(envelope, 2) WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "envelope with bytes too many",
+            "UPDATE events SET envelope = envelope || x'00' WHERE job_id = ?1 AND version = ?2",
+        ),
         (
             "time out of range",
             "UPDATE events SET envelope = substr(envelope, 1, 81) || x'ffffffffffffff7f' || substr(envelope, 90) WHERE job_id = ?1 AND version = ?2",
         ),
         // A damaged key moves the row out of the job's range: the hole must be reported.
-        ("job id damaged", "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2"),
-        ("version not a number", "UPDATE events SET version = 'two' WHERE job_id = ?1 AND version = ?2"),
+        (
+            "job id damaged",
+            "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            "version not a number",
+            "UPDATE events SET version = 'two' WHERE job_id = ?1 AND version = ?2",
+        ),
     ];
     let harness = Sqlite::new();
     for (what, sql) in damage {
@@ -285,21 +318,46 @@ async fn damage_anywhere_in_a_long_history_is_reported_with_its_version() {
     // boundary, must be named just like in a short history.
     let harness = Sqlite::new();
     for (version, sql) in [
-        (17, "UPDATE events SET data = 'nope' WHERE job_id = ?1 AND version = ?2"),
-        (2_999, "UPDATE events SET envelope = x'00' WHERE job_id = ?1 AND version = ?2"),
-        (1_500, "DELETE FROM events WHERE job_id = ?1 AND version = ?2"),
-        (1_501, "DELETE FROM events WHERE job_id = ?1 AND version = ?2"),
-        (2_222, "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2"),
+        (
+            17,
+            "UPDATE events SET data = 'nope' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            2_999,
+            "UPDATE events SET envelope = x'00' WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            1_500,
+            "DELETE FROM events WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            1_501,
+            "DELETE FROM events WHERE job_id = ?1 AND version = ?2",
+        ),
+        (
+            2_222,
+            "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2",
+        ),
     ] {
         let store = harness.fresh().await;
         let job_id = JobId::new();
         let history = build_history(job_id, 2_996);
-        testing::append_history(&store, &history, 500).await.expect("append");
+        testing::append_history(&store, &history, 500)
+            .await
+            .expect("append");
         assert_eq!(store.load(job_id).await.expect("load"), history);
         tamper(&store, sql, job_id, version);
         match store.load(job_id).await {
-            Err(StoreError::Corrupt { job_id: j, version: v, reason }) => {
-                assert_eq!((j, v), (job_id.to_string(), Some(version)), "{sql}: {reason}");
+            Err(StoreError::Corrupt {
+                job_id: j,
+                version: v,
+                reason,
+            }) => {
+                assert_eq!(
+                    (j, v),
+                    (job_id.to_string(), Some(version)),
+                    "{sql}: {reason}"
+                );
             }
             other => panic!("{sql} at {version}: load gave {other:?}"),
         }
