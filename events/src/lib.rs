@@ -7,6 +7,8 @@
 
 pub mod chain;
 pub mod command;
+#[cfg(feature = "dynamodb")]
+pub mod dynamo;
 pub mod envelope;
 pub mod event;
 pub mod execute;
@@ -21,6 +23,8 @@ pub mod testing;
 pub mod upcast;
 
 pub use command::{Clock, Command};
+#[cfg(feature = "dynamodb")]
+pub use dynamo::{DynamoEventStore, EventsTables};
 pub use envelope::{Hash, RecordedEvent};
 pub use event::JobEvent;
 pub use execute::{CommandContext, ExecuteError, execute};

@@ -132,6 +132,9 @@ pub struct JobSpec {
     /// The `Idempotency-Key` the job was submitted with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Most model tokens (input + output) the job may use; once spent, remaining items fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 /// Limits a job spec must respect.
@@ -146,6 +149,8 @@ pub mod limits {
     pub const TIMEOUT_S: std::ops::RangeInclusive<u32> = 60..=86_400;
     /// Most bytes of metadata (as JSON).
     pub const MAX_METADATA_BYTES: usize = 2 * 1024;
+    /// Token budget bounds (`max_tokens`).
+    pub const MAX_TOKENS: std::ops::RangeInclusive<u64> = 1..=10_000_000;
     /// Idempotency key length bounds.
     pub const IDEMPOTENCY_KEY_LEN: std::ops::RangeInclusive<usize> = 1..=128;
     /// Largest integer stored exactly: RFC 8785 writes every number as an IEEE double.
@@ -245,6 +250,14 @@ impl JobSpec {
                     "{path} is an integer beyond ±{} (2^53 - 1), which JSON ledgers cannot store exactly; send it as a string",
                     limits::MAX_SAFE_INTEGER
                 ),
+            );
+        }
+        if let Some(max) = self.max_tokens
+            && !limits::MAX_TOKENS.contains(&max)
+        {
+            err(
+                "max_tokens",
+                format!("must be 1 to 10000000 model tokens for the whole job, got {max}"),
             );
         }
         if let Some(key) = &self.idempotency_key

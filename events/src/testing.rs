@@ -60,6 +60,7 @@ pub fn noop_spec(items: usize) -> JobSpec {
         notify: Notify::default(),
         metadata: serde_json::Map::new(),
         idempotency_key: None,
+        max_tokens: None,
     }
 }
 

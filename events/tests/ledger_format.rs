@@ -94,6 +94,7 @@ fn worked_example() -> Vec<RecordedEvent> {
         notify: Notify::default(),
         metadata,
         idempotency_key: Some("req-7f3a".into()),
+        max_tokens: None,
     };
     let mut history = Vec::new();
     let mut job = Job::default();
@@ -309,6 +310,7 @@ fn a_spec(metadata: serde_json::Value, text: &str) -> JobSpec {
             _ => serde_json::Map::new(),
         },
         idempotency_key: None,
+        max_tokens: None,
     }
 }
 

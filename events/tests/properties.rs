@@ -105,6 +105,7 @@ fn spec() -> impl Strategy<Value = JobSpec> {
                 notify: Notify::default(),
                 metadata,
                 idempotency_key: None,
+                max_tokens: None,
             }
         })
 }

@@ -108,6 +108,7 @@ fn spec_with_attempts(max_attempts: u32) -> JobSpec {
         notify: Notify::default(),
         metadata: serde_json::Map::new(),
         idempotency_key: None,
+        max_tokens: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! Cores never import Lambda types: the same functions run under `jobledger dev` and in the Lambda binaries.
 
 pub mod api;
+#[cfg(feature = "aws")] pub mod aws;
 pub mod batch;
 pub mod dispatch;
 pub mod launch;

@@ -33,6 +33,7 @@ fn spec() -> JobSpec {
         notify: Notify::default(),
         metadata: serde_json::Map::new(),
         idempotency_key: None,
+        max_tokens: None,
     }
 }
 

@@ -359,6 +359,7 @@ mod tests {
             notify: Notify::default(),
             metadata: serde_json::Map::new(),
             idempotency_key: None,
+            max_tokens: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! version-guarded write so duplicate or late events change nothing; `Stats` folds views into figures.
 
 pub mod job_view;
+pub mod notify;
 pub mod sqlite;
 pub mod stats;
 pub mod store;

@@ -262,6 +262,7 @@ fn spec(kind: JobKind, input: JobInput, max_attempts: u32) -> JobSpec {
         notify: Notify::default(),
         metadata: serde_json::Map::new(),
         idempotency_key: None,
+        max_tokens: None,
     }
 }
 

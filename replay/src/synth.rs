@@ -105,6 +105,7 @@ impl Synth {
             notify: Notify::default(),
             metadata: serde_json::Map::new(),
             idempotency_key: None,
+            max_tokens: None,
         };
         g.run(Command::Submit(spec), "api-key:bench", now);
         let scenario = self.rng.below(100);

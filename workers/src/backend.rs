@@ -1,4 +1,5 @@
 //! AI backends: the `Backend` port every job kind calls, and the offline `builtin` backend.
+//! The model backends (OpenAI-compatible, Bedrock) are in [`crate::backends`].
 //!
 //! A model backend (Bedrock Converse, an OpenAI-compatible endpoint) implements the same three
 //! calls: it gets the decoded image (bytes and MIME type) or the extracted document, and returns
@@ -41,6 +42,15 @@ pub enum ItemError {
     /// The item itself is bad (undecodable, empty, too large): it fails, the job goes on.
     #[error("{0}")]
     Invalid(String),
+    /// The model was called but the item still failed (unusable reply after a retry, refused
+    /// content, token budget spent): the item fails with the reason and the tokens it used.
+    #[error("{reason}")]
+    Failed {
+        /// Why, for the results file.
+        reason: String,
+        /// What the failed calls used (billed all the same).
+        usage: ItemUsage,
+    },
     /// The backend or a store could not answer: the attempt fails (and may be retried).
     #[error("{message}")]
     Unavailable {

@@ -4,9 +4,11 @@
 //!   binary and `jobledger dev` run).
 //! - [`kinds`]: reading and checking items, and the builtin heuristics of each job kind.
 //! - [`backend`]: the `Backend` port model backends implement, and the offline `BuiltinBackend`.
+//! - [`backends`]: the OpenAI-compatible and Bedrock backends, prompts, retries and prices.
 //! - [`objects`]: the `ObjectStore` port for results, checkpoints and large inputs.
 
 pub mod backend;
+pub mod backends;
 pub mod config;
 pub mod kinds;
 pub mod objects;
@@ -14,6 +16,6 @@ pub mod process;
 pub mod runtime;
 
 pub use backend::{Backend, BuiltinBackend, Generated, ItemError, ItemUsage};
-pub use config::{ConfigError, WorkerConfig, WorkerEnv};
+pub use config::{AiConfig, BackendKind, ConfigError, WorkerConfig, WorkerEnv};
 pub use objects::{FsObjectStore, ObjectError, ObjectStore};
 pub use runtime::{AttemptOutcome, ResultLine, WorkerError, run_attempt, run_attempt_with};

@@ -5,6 +5,8 @@
 //! `jobledger_events::execute`, and a refusal means the job moved on without this worker.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -21,8 +23,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::backend::{Backend, BuiltinBackend, ItemError, ItemUsage};
+use crate::backend::{Backend, Generated, ItemError, ItemUsage};
+use crate::backends::KindBackends;
 use crate::config::WorkerConfig;
+use crate::kinds::document::Document;
+use crate::kinds::image_alt::ImageInput;
 use crate::kinds::run_item;
 use crate::objects::{ObjectError, ObjectStore};
 
@@ -147,7 +152,8 @@ impl WorkerError {
     }
 }
 
-/// Runs attempt `attempt` of `job_id` with the builtin backend. See [`run_attempt_with`].
+/// Runs attempt `attempt` of `job_id` with the backends `cfg.ai` names (builtin unless
+/// configured otherwise). See [`run_attempt_with`].
 pub async fn run_attempt<S: EventStore, O: ObjectStore>(
     store: &S,
     objects: &O,
@@ -156,10 +162,18 @@ pub async fn run_attempt<S: EventStore, O: ObjectStore>(
     cfg: &WorkerConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<AttemptOutcome, WorkerError> {
+    // Built before the claim: a deployment that cannot build its backend must not take the attempt.
+    let backend =
+        KindBackends::from_config(&cfg.ai)
+            .await
+            .map_err(|e| WorkerError::Backend {
+                retryable: false,
+                message: e.to_string(),
+            })?;
     run_attempt_with(
         store,
         objects,
-        &BuiltinBackend,
+        &backend,
         job_id,
         attempt,
         cfg,
@@ -224,6 +238,68 @@ pub async fn run_attempt_with<S: EventStore, O: ObjectStore, B: Backend>(
             run.fail(&err).await;
             Err(err)
         }
+    }
+}
+
+/// A backend under the job's token budget (`max_tokens`): once the items' input and output tokens
+/// reach it, every later item fails without calling the model. Items already in flight finish, so
+/// the total can pass the budget by at most the concurrent items' use.
+struct Budgeted<'a, B> {
+    inner: &'a B,
+    limit: Option<u64>,
+    spent: AtomicU64,
+}
+
+impl<'a, B: Backend> Budgeted<'a, B> {
+    fn new(inner: &'a B, limit: Option<u64>, spent: u64) -> Self {
+        Budgeted {
+            inner,
+            limit,
+            spent: AtomicU64::new(spent),
+        }
+    }
+
+    async fn guard(
+        &self,
+        call: impl Future<Output = Result<Generated, ItemError>>,
+    ) -> Result<Generated, ItemError> {
+        if let Some(limit) = self.limit {
+            let spent = self.spent.load(Ordering::SeqCst);
+            if spent >= limit {
+                return Err(ItemError::Failed {
+                    reason: format!(
+                        "token budget spent: the job's max_tokens is {limit} and {spent} tokens were used before this item"
+                    ),
+                    usage: ItemUsage::default(),
+                });
+            }
+        }
+        let result = call.await;
+        let used = match &result {
+            Ok(g) => g.usage.input_tokens + g.usage.output_tokens,
+            Err(ItemError::Failed { usage, .. }) => usage.input_tokens + usage.output_tokens,
+            Err(_) => 0,
+        };
+        self.spent.fetch_add(used, Ordering::SeqCst);
+        result
+    }
+}
+
+impl<B: Backend> Backend for Budgeted<'_, B> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn alt_text(&self, image: &ImageInput) -> Result<Generated, ItemError> {
+        self.guard(self.inner.alt_text(image)).await
+    }
+
+    async fn meta_description(&self, doc: &Document) -> Result<Generated, ItemError> {
+        self.guard(self.inner.meta_description(doc)).await
+    }
+
+    async fn analyse(&self, doc: &Document) -> Result<Generated, ItemError> {
+        self.guard(self.inner.analyse(doc)).await
     }
 }
 
@@ -292,6 +368,15 @@ impl<S: EventStore, O: ObjectStore> Run<'_, S, O> {
         let pending: Vec<usize> = (0..items.len())
             .filter(|&i| self.results[i].is_none())
             .collect();
+        // Tokens of resumed items were spent by earlier attempts and count against the budget.
+        let resumed_tokens = self
+            .results
+            .iter()
+            .flatten()
+            .map(|r| r.usage.input_tokens + r.usage.output_tokens)
+            .sum();
+        let budgeted = Budgeted::new(backend, spec.max_tokens, resumed_tokens);
+        let backend = &budgeted;
         tracing::info!(job_id = %self.job_id, total = items.len(), resumed = items.len() - pending.len(), "processing items");
 
         let kind = spec.kind;
@@ -338,6 +423,13 @@ impl<S: EventStore, O: ObjectStore> Run<'_, S, O> {
                             output: None,
                             error: Some(reason),
                             usage: ItemUsage::default(),
+                        },
+                        Err(ItemError::Failed { reason, usage }) => ResultLine {
+                            id: items[i].id.clone(),
+                            ok: false,
+                            output: None,
+                            error: Some(reason),
+                            usage,
                         },
                         Err(ItemError::Unavailable { retryable, message }) => {
                             return Err(WorkerError::Backend { retryable, message: format!("item {}: {message}", items[i].id) });

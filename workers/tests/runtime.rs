@@ -58,6 +58,7 @@ fn spec(kind: JobKind, input: JobInput) -> JobSpec {
         notify: Notify::default(),
         metadata: serde_json::Map::new(),
         idempotency_key: None,
+        max_tokens: None,
     }
 }
 

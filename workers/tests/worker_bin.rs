@@ -34,6 +34,7 @@ async fn launched_job(dir: &std::path::Path, n: usize) -> (SqliteEventStore, Job
         notify: Notify::default(),
         metadata: serde_json::Map::new(),
         idempotency_key: None,
+        max_tokens: None,
     };
     let ctx = CommandContext::new("api-key:test", Utc::now());
     for cmd in [

@@ -79,6 +79,11 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Most model tokens (input + output) the whole job may use, 1–10,000,000; once spent, the
+    /// remaining items fail with that reason. No limit when absent.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10000000)]
+    pub max_tokens: Option<u64>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -321,6 +326,7 @@ fn build_spec(
         notify: req.notify,
         metadata: req.metadata,
         idempotency_key,
+        max_tokens: req.max_tokens,
     };
     if let Err(mut more) = spec.validate() {
         errors.append(&mut more);
