@@ -14,9 +14,11 @@ use jobledger_handlers::local::{
     ChildProcessLauncher, DispatcherConfig, InProcessLauncher, LauncherConfig, LedgerCandidates,
     SqliteJobQueue, SweeperConfig, WorkFn, run_dispatcher, run_launcher, run_sweeper,
 };
+use jobledger_handlers::notify::{Notifier, SqliteNotifyStore, run_notifier};
 use jobledger_handlers::ports::{SystemTime, TaskLauncher};
 use jobledger_handlers::project::run_projector;
 use jobledger_projections::SqliteViewStore;
+use jobledger_workers::config::AiConfig;
 use jobledger_workers::{FsObjectStore, WorkerConfig, run_attempt};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -134,6 +136,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let key = api_key(&args)?;
     let keys = ApiKeys::new([(API_KEY_ID, key.as_str())]).context("the API key")?;
 
+    // Fail at start, not per job, on a half-configured sink or AI backend.
+    let notifier = Notifier::from_env().context("notifier configuration (SLACK_*, NOTION_*)")?;
+    let notify_states = SqliteNotifyStore::open(dir.join("notify.sqlite3"))
+        .context("opening the notifier state")?;
+    let ai = AiConfig::from_lookup(&|k| std::env::var(k).ok())
+        .context("AI backend configuration (AI_*)")?;
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -145,6 +154,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
             }
         });
     }
+    tasks.spawn(run_notifier(
+        ledger.clone(),
+        objects.clone(),
+        notify_states,
+        notifier,
+        stop_rx.clone(),
+    ));
     {
         let (ledger, queue, rx) = (ledger.clone(), queue.clone(), stop_rx.clone());
         tasks.spawn(async move {
@@ -188,10 +204,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
         let work: WorkFn = {
             let (ledger, objects, rx) = (ledger.clone(), objects.clone(), stop_rx.clone());
             Arc::new(move |job_id: JobId, attempt: u32| {
-                let (ledger, objects, rx) = (ledger.clone(), objects.clone(), rx.clone());
+                let (ledger, objects, rx, ai) =
+                    (ledger.clone(), objects.clone(), rx.clone(), ai.clone());
                 Box::pin(async move {
                     let cfg = WorkerConfig {
                         worker_id: format!("local-{job_id}-{attempt}"),
+                        ai,
                         ..WorkerConfig::default()
                     };
                     match run_attempt(&ledger, &objects, job_id, attempt, &cfg, rx).await {

@@ -1,6 +1,7 @@
 //! `jobledger`: the whole stack on one machine (`dev`), and the client commands for people.
 
 mod client;
+mod cost;
 mod dev;
 mod submit;
 
@@ -38,6 +39,8 @@ enum Commands {
     Result(JobArgs),
     /// Cancel a job.
     Cancel(JobArgs),
+    /// Estimate a month of jobs on AWS (Fargate Spot/on-demand + model tokens) against an always-on EC2 worker.
+    Cost(cost::CostArgs),
     /// The auditor's tool: history, state, verify, rebuild, export, import, stats.
     Replay(ReplayArgs),
     /// Run one attempt of one job (JOB_ID, ATTEMPT, JOBLEDGER_DATA_DIR from the environment);
@@ -212,6 +215,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print_value(&view, args.endpoint.json, summary);
             Ok(ExitCode::SUCCESS)
         }
+        Commands::Cost(args) => cost::run(args).map(|()| ExitCode::SUCCESS),
         Commands::Replay(args) => jobledger_replay::run(args.command, args.source).await,
         Commands::Worker => {
             dev::init_logging("info");

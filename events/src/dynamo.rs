@@ -167,7 +167,7 @@ fn aws_error(operation: &'static str, message: impl Into<String>) -> AwsError {
 
 /// Throttling, 5xx, timeouts and transport failures may pass on a retry; the rest will not.
 /// (The S3 and DynamoDB clients share this error type.)
-fn sdk_retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+pub fn sdk_error_is_retryable<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
     match e {
         SdkError::ServiceError(s) => {
             s.raw().status().is_server_error()
@@ -184,7 +184,7 @@ fn sdk_error<E>(operation: &'static str, e: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let retryable = sdk_retryable(&e);
+    let retryable = sdk_error_is_retryable(&e);
     StoreError::backend(
         retryable,
         aws_error(operation, DisplayErrorContext(&e).to_string()),
@@ -514,7 +514,7 @@ impl DynamoEventStore {
                     return Err(corrupt(job, version, format!("payload {uri} is missing")));
                 }
                 return Err(StoreError::backend(
-                    sdk_retryable(&e),
+                    sdk_error_is_retryable(&e),
                     aws_error(
                         "S3 GetObject",
                         format!("{uri}: {}", DisplayErrorContext(&e)),
@@ -596,7 +596,7 @@ impl DynamoEventStore {
             .await
             .map_err(|err| {
                 StoreError::backend(
-                    sdk_retryable(&err),
+                    sdk_error_is_retryable(&err),
                     aws_error(
                         "S3 PutObject",
                         format!("s3://{bucket}/{key}: {}", DisplayErrorContext(&err)),

@@ -75,7 +75,10 @@ pub enum StoreError {
 
 impl StoreError {
     /// A backend error from any cause.
-    pub fn backend(retryable: bool, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn backend(
+        retryable: bool,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         StoreError::Backend {
             retryable,
             source: source.into(),
@@ -84,20 +87,33 @@ impl StoreError {
 
     /// Whether a retry of the same operation may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Conflict { .. } | StoreError::Backend { retryable: true, .. })
+        matches!(
+            self,
+            StoreError::Conflict { .. }
+                | StoreError::Backend {
+                    retryable: true,
+                    ..
+                }
+        )
     }
 }
 
 /// The ledger: per-job histories with conditional appends.
 pub trait EventStore: Send + Sync {
     /// A job's whole history in version order (empty if the job does not exist).
-    fn load(&self, job_id: JobId) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+    fn load(
+        &self,
+        job_id: JobId,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// Appends a batch if the job's head is still `expected_version`; else `Conflict` and nothing is written.
     fn append(&self, batch: AppendBatch) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Looks up a claimed idempotency key.
-    fn idempotency(&self, key: &str) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
+    fn idempotency(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
 }
 
 /// One event of the change feed, with its global position.
@@ -112,7 +128,11 @@ pub struct FeedEvent {
 /// An ordered change feed with a checkpoint per consumer (the embedded store; on AWS this is the DynamoDB stream).
 pub trait ChangeFeed: Send + Sync {
     /// Events after `seq`, in feed order, at most `limit`.
-    fn read_after(&self, seq: u64, limit: usize) -> impl Future<Output = Result<Vec<FeedEvent>, StoreError>> + Send;
+    fn read_after(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<FeedEvent>, StoreError>> + Send;
 
     /// Resolves once the feed holds an event after `seq` (woken on commit, no polling).
     fn wait_after(&self, seq: u64) -> impl Future<Output = ()> + Send;
@@ -121,5 +141,9 @@ pub trait ChangeFeed: Send + Sync {
     fn checkpoint(&self, consumer: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Saves the consumer's position.
-    fn save_checkpoint(&self, consumer: &str, seq: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn save_checkpoint(
+        &self,
+        consumer: &str,
+        seq: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

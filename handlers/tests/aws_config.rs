@@ -62,7 +62,10 @@ fn an_empty_list_or_a_bad_number_is_invalid() {
     pairs[5] = ("WORKER_SUBNETS", " , ");
     assert!(matches!(
         LauncherConfig::from_lookup(env(&pairs)),
-        Err(ConfigError::Invalid { name: "WORKER_SUBNETS", .. })
+        Err(ConfigError::Invalid {
+            name: "WORKER_SUBNETS",
+            ..
+        })
     ));
     let sweeper = [
         ("EVENTS_TABLE", "e"),
@@ -71,7 +74,10 @@ fn an_empty_list_or_a_bad_number_is_invalid() {
     ];
     assert!(matches!(
         SweeperConfig::from_lookup(env(&sweeper)),
-        Err(ConfigError::Invalid { name: "HEARTBEAT_TIMEOUT_S", .. })
+        Err(ConfigError::Invalid {
+            name: "HEARTBEAT_TIMEOUT_S",
+            ..
+        })
     ));
 }
 
@@ -88,8 +94,9 @@ fn every_binary_reads_exactly_its_contract() {
     assert_eq!(api.result_url_ttl, Duration::from_secs(900));
     assert_eq!(api.idempotency_table, "i");
     assert_eq!(api.results_bucket, "b");
-    let projector = ProjectorConfig::from_lookup(env(&[("EVENTS_TABLE", "e"), ("JOBS_TABLE", "j")]))
-        .expect("projector config");
+    let projector =
+        ProjectorConfig::from_lookup(env(&[("EVENTS_TABLE", "e"), ("JOBS_TABLE", "j")]))
+            .expect("projector config");
     assert_eq!(projector.jobs_table, "j");
     let sweeper = SweeperConfig::from_lookup(env(&[
         ("EVENTS_TABLE", "e"),

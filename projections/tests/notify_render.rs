@@ -26,7 +26,8 @@ const FIXTURES: [&str; 5] = [
 ];
 
 fn load(name: &str) -> Vec<RecordedEvent> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.jsonl"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.jsonl"));
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -64,15 +65,22 @@ fn rendered_notifications_match_the_golden_files() {
     let mut mismatched = Vec::new();
     for name in FIXTURES {
         let rendered = format!("{}\n", serde_json::to_string_pretty(&render(name)).unwrap());
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
         if update {
             std::fs::write(&path, &rendered).unwrap();
             continue;
         }
-        let golden = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+                path.display()
+            )
+        });
         if golden != rendered {
-            mismatched.push(format!("{name}:\n--- golden\n{golden}\n--- rendered\n{rendered}"));
+            mismatched.push(format!(
+                "{name}:\n--- golden\n{golden}\n--- rendered\n{rendered}"
+            ));
         }
     }
     assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
@@ -80,7 +88,9 @@ fn rendered_notifications_match_the_golden_files() {
 
 #[test]
 fn a_succeeded_job_gets_a_download_button_with_its_expiry_and_no_reason() {
-    let view = JobView::fold(&load("succeeded_first_attempt")).unwrap().unwrap();
+    let view = JobView::fold(&load("succeeded_first_attempt"))
+        .unwrap()
+        .unwrap();
     let now = Utc.with_ymd_and_hms(2025, 1, 15, 12, 0, 0).unwrap();
     let msg = serde_json::to_value(slack_message(&view, Some(&link()), now)).unwrap();
     let blocks = msg["blocks"].as_array().unwrap();
@@ -93,7 +103,10 @@ fn a_succeeded_job_gets_a_download_button_with_its_expiry_and_no_reason() {
     assert_eq!(button["text"]["text"], "Download results");
     assert_eq!(button["url"], link().url);
     let text = msg.to_string();
-    assert!(text.contains("expires in 24h 00m (at 2025-01-16 12:00:00 UTC)"), "{text}");
+    assert!(
+        text.contains("expires in 1d 0h (at 2025-01-16 12:00:00 UTC)"),
+        "{text}"
+    );
     assert!(!text.contains("Reason"));
     assert!(slack_failure_reply(&view).is_none());
 }
@@ -109,7 +122,9 @@ fn an_unfinished_job_has_no_button_even_with_a_link() {
 
 #[test]
 fn a_failed_job_states_its_reason_in_the_message_and_the_thread() {
-    let view = JobView::fold(&load("failed_after_retries")).unwrap().unwrap();
+    let view = JobView::fold(&load("failed_after_retries"))
+        .unwrap()
+        .unwrap();
     assert_eq!(view.status, Status::Failed);
     let reason = view.error.clone().unwrap();
     let msg = serde_json::to_value(slack_message(&view, None, Utc::now())).unwrap();
@@ -117,21 +132,31 @@ fn a_failed_job_states_its_reason_in_the_message_and_the_thread() {
     assert!(msg.to_string().contains(&reason));
     assert!(slack_failure_reply(&view).unwrap().contains(&reason));
     let props = notion_properties(&view);
-    assert_eq!(props["Error"]["rich_text"][0]["text"]["content"], reason.as_str());
+    assert_eq!(
+        props["Error"]["rich_text"][0]["text"]["content"],
+        reason.as_str()
+    );
 }
 
 #[test]
 fn a_long_error_is_cut_to_notions_and_slacks_limits() {
-    let mut view = JobView::fold(&load("failed_after_retries")).unwrap().unwrap();
+    let mut view = JobView::fold(&load("failed_after_retries"))
+        .unwrap()
+        .unwrap();
     view.error = Some("é".repeat(10_000));
     let props = notion_properties(&view);
-    let content = props["Error"]["rich_text"][0]["text"]["content"].as_str().unwrap();
+    let content = props["Error"]["rich_text"][0]["text"]["content"]
+        .as_str()
+        .unwrap();
     assert_eq!(content.chars().count(), NOTION_TEXT_LIMIT);
     assert!(content.ends_with('…'));
     let msg = slack_message(&view, None, Utc::now());
     for block in &msg.blocks {
         if let Some(text) = block["text"]["text"].as_str() {
-            assert!(text.chars().count() <= 3000, "section text over 3000 characters");
+            assert!(
+                text.chars().count() <= 3000,
+                "section text over 3000 characters"
+            );
         }
     }
     assert!(slack_failure_reply(&view).unwrap().chars().count() <= 3100);
@@ -174,6 +199,10 @@ fn notion_properties_have_the_documented_types() {
             view.job_id.to_string()
         );
         assert_eq!(props["Status"]["select"]["name"], view.status.as_str());
-        assert_eq!(props["Completed"]["date"].is_null(), view.finished_at.is_none(), "{name}");
+        assert_eq!(
+            props["Completed"]["date"].is_null(),
+            view.finished_at.is_none(),
+            "{name}"
+        );
     }
 }

@@ -221,9 +221,10 @@ impl AiConfig {
                 return Err(ConfigError::Invalid {
                     name: "OPENAI_SECRET_ARN",
                     value: "(set)".into(),
-                    reason: "the worker does not fetch secrets itself; let ECS inject the secret as \
+                    reason:
+                        "the worker does not fetch secrets itself; let ECS inject the secret as \
                              OPENAI_API_KEY (task definition `secrets`, valueFrom = the ARN)"
-                        .into(),
+                            .into(),
                 });
             }
             ai.openai = Some(OpenAiConfig {
@@ -541,7 +542,10 @@ mod tests {
         .unwrap();
         let ai = &e.config.ai;
         assert_eq!(ai.kind_backend(JobKind::ImageAlt), BackendKind::Bedrock);
-        assert_eq!(ai.kind_backend(JobKind::MetaDescription), BackendKind::OpenAi);
+        assert_eq!(
+            ai.kind_backend(JobKind::MetaDescription),
+            BackendKind::OpenAi
+        );
         assert_eq!(ai.timeout, Duration::from_secs(20));
         assert_eq!(ai.max_concurrency, 8);
         let openai = ai.openai.as_ref().unwrap();
@@ -559,11 +563,17 @@ mod tests {
         let err = with(&[("AI_BACKEND_CONTENT_ANALYSIS", "bedrock")]).unwrap_err();
         assert!(matches!(err, ConfigError::Missing("BEDROCK_MODEL_ID", _)));
         let err = with(&[("AI_BACKEND", "gpt")]).unwrap_err();
-        assert!(err.to_string().contains("expected builtin, bedrock or openai"));
+        assert!(
+            err.to_string()
+                .contains("expected builtin, bedrock or openai")
+        );
         let err = with(&[
             ("AI_BACKEND", "openai"),
             ("OPENAI_MODEL", "m"),
-            ("OPENAI_SECRET_ARN", "arn:aws:secretsmanager:us-east-1:1:secret:k"),
+            (
+                "OPENAI_SECRET_ARN",
+                "arn:aws:secretsmanager:us-east-1:1:secret:k",
+            ),
         ])
         .unwrap_err();
         assert!(err.to_string().contains("valueFrom"), "{err}");
@@ -575,8 +585,11 @@ mod tests {
     #[test]
     fn arm64_tasks_are_priced_lower() {
         let x86 = with(&[("WORKER_CAPACITY", "FARGATE")]).unwrap();
-        let arm = with(&[("WORKER_CAPACITY", "FARGATE"), ("WORKER_CPU_ARCHITECTURE", "ARM64")])
-            .unwrap();
+        let arm = with(&[
+            ("WORKER_CAPACITY", "FARGATE"),
+            ("WORKER_CPU_ARCHITECTURE", "ARM64"),
+        ])
+        .unwrap();
         assert!(arm.config.compute_usd_per_second < x86.config.compute_usd_per_second);
         assert!(arm.config.arm64);
     }

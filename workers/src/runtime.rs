@@ -163,23 +163,13 @@ pub async fn run_attempt<S: EventStore, O: ObjectStore>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<AttemptOutcome, WorkerError> {
     // Built before the claim: a deployment that cannot build its backend must not take the attempt.
-    let backend =
-        KindBackends::from_config(&cfg.ai)
-            .await
-            .map_err(|e| WorkerError::Backend {
-                retryable: false,
-                message: e.to_string(),
-            })?;
-    run_attempt_with(
-        store,
-        objects,
-        &backend,
-        job_id,
-        attempt,
-        cfg,
-        shutdown,
-    )
-    .await
+    let backend = KindBackends::from_config(&cfg.ai)
+        .await
+        .map_err(|e| WorkerError::Backend {
+            retryable: false,
+            message: e.to_string(),
+        })?;
+    run_attempt_with(store, objects, &backend, job_id, attempt, cfg, shutdown).await
 }
 
 /// Runs attempt `attempt` of `job_id` with `backend`, until it succeeds, is cancelled, is told to

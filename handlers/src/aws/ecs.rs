@@ -9,8 +9,8 @@
 
 use aws_sdk_ecs::Client;
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride,
-    Failure, KeyValuePair, NetworkConfiguration, Tag, TaskOverride,
+    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride, Failure,
+    KeyValuePair, NetworkConfiguration, Tag, TaskOverride,
 };
 use jobledger_events::JobId;
 use jobledger_events::event::Capacity;
@@ -118,7 +118,8 @@ impl EcsTaskLauncher {
             .assign_public_ip(AssignPublicIp::Disabled)
             .build()
             .map_err(|e| LaunchError::permanent(e.to_string()))?;
-        let env = |name: &str, value: String| KeyValuePair::builder().name(name).value(value).build();
+        let env =
+            |name: &str, value: String| KeyValuePair::builder().name(name).value(value).build();
         let overrides = TaskOverride::builder()
             .container_overrides(
                 ContainerOverride::builder()
@@ -135,7 +136,11 @@ impl EcsTaskLauncher {
             .cluster(&self.config.cluster)
             .task_definition(&self.config.task_definition)
             .capacity_provider_strategy(strategy)
-            .network_configuration(NetworkConfiguration::builder().awsvpc_configuration(vpc).build())
+            .network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(vpc)
+                    .build(),
+            )
             .overrides(overrides)
             .client_token(token)
             .count(1)
@@ -148,10 +153,16 @@ impl EcsTaskLauncher {
         let out = match answer {
             Ok(out) => out,
             Err(e) if sdk_retryable(&e) => {
-                return Err(LaunchError::retryable(format!("RunTask: {}", sdk_message(&e))));
+                return Err(LaunchError::retryable(format!(
+                    "RunTask: {}",
+                    sdk_message(&e)
+                )));
             }
             Err(e) => {
-                return Err(LaunchError::permanent(format!("RunTask: {}", sdk_message(&e))));
+                return Err(LaunchError::permanent(format!(
+                    "RunTask: {}",
+                    sdk_message(&e)
+                )));
             }
         };
         match out.tasks().iter().find_map(|t| t.task_arn()) {
@@ -180,16 +191,23 @@ impl TaskLauncher for EcsTaskLauncher {
         };
         tracing::info!(%job_id, attempt, reason = spot_failure, "no Fargate Spot capacity; launching on demand");
         match self
-            .run(job_id, attempt, Capacity::Fargate, format!("{token}-ondemand"))
+            .run(
+                job_id,
+                attempt,
+                Capacity::Fargate,
+                format!("{token}-ondemand"),
+            )
             .await?
         {
             Ok(task_arn) => Ok(LaunchResult {
                 task_arn,
                 capacity: Capacity::Fargate,
             }),
-            Err(RunFailure::NoCapacity(reason) | RunFailure::Transient(reason)) => Err(
-                LaunchError::retryable(format!("no Fargate capacity (Spot: {spot_failure}; on demand: {reason})")),
-            ),
+            Err(RunFailure::NoCapacity(reason) | RunFailure::Transient(reason)) => {
+                Err(LaunchError::retryable(format!(
+                    "no Fargate capacity (Spot: {spot_failure}; on demand: {reason})"
+                )))
+            }
             Err(RunFailure::Permanent(reason)) => Err(LaunchError::permanent(reason)),
         }
     }
@@ -209,8 +227,14 @@ mod tests {
             classify(&[failure("Capacity is unavailable at this time.")]),
             RunFailure::NoCapacity(_)
         ));
-        assert!(matches!(classify(&[failure("RESOURCE:ENI")]), RunFailure::Transient(_)));
-        assert!(matches!(classify(&[failure("MISSING")]), RunFailure::Permanent(_)));
+        assert!(matches!(
+            classify(&[failure("RESOURCE:ENI")]),
+            RunFailure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&[failure("MISSING")]),
+            RunFailure::Permanent(_)
+        ));
         assert!(matches!(
             classify(&[failure("Capacity is unavailable"), failure("MISSING")]),
             RunFailure::Permanent(_)

@@ -2,8 +2,8 @@
 //! carries `job_id`, `attempt`, `event_id` and `correlation_id`), run the core in order, write the
 //! metrics, and answer Lambda (`batchItemFailures`, or a `Diagnostic`).
 //!
-//! Everything here is generic over the ports (stream records are decoded by the ledger's
-//! `DynamoEventStore`), so the tests drive the cores with the embedded stores as well as the AWS ones.
+//! Everything here is generic over the ports (stream images are decoded by an [`ImageDecoder`]: the
+//! ledger's `DynamoEventStore` on AWS), so tests drive it with the embedded stores too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use aws_lambda_events::event::streams::{DynamoDbEventResponse, SqsEventResponse}
 use chrono::{DateTime, Utc};
 use jobledger_events::execute::{ExecuteError, fold};
 use jobledger_events::{
-    Command, CommandContext, DynamoEventStore, EventStore, JobEvent, JobId, RecordedEvent, Status, execute,
+    Command, CommandContext, EventStore, JobEvent, JobId, RecordedEvent, Status, execute,
 };
 use jobledger_projections::{JobView, ListQuery, ViewStore};
 use lambda_runtime::Diagnostic;
@@ -23,7 +23,7 @@ use tracing::{Instrument, Span};
 
 use super::lambda::{diagnostic, fail_from, sqs_response, stream_response};
 use super::metrics::{Emf, Unit, names};
-use super::stream;
+use super::stream::{self, ImageDecoder};
 use crate::batch::process_in_order;
 use crate::dispatch::{self, DispatchOutcome, is_already_handled};
 use crate::launch::{self, LaunchOutcome, LaunchPolicy};
@@ -47,7 +47,7 @@ pub fn event_span(event: &RecordedEvent) -> Span {
 
 /// The `dispatcher` Lambda: stream batch → queue messages and `JobQueued`.
 pub async fn dispatch_stream<S: EventStore, Q: JobQueue>(
-    decoder: &DynamoEventStore,
+    decoder: &impl ImageDecoder,
     store: &S,
     queue: &Q,
     event: &StreamEvent,
@@ -137,7 +137,7 @@ pub fn event_metrics(event: &RecordedEvent, view: Option<&JobView>) -> Option<Em
 
 /// The `projector` Lambda: stream batch → version-guarded view updates.
 pub async fn project_stream<S: EventStore, V: ViewStore>(
-    decoder: &DynamoEventStore,
+    decoder: &impl ImageDecoder,
     store: &S,
     views: &V,
     event: &StreamEvent,
@@ -153,7 +153,10 @@ pub async fn project_stream<S: EventStore, V: ViewStore>(
                 let outcome = project::project_one(store, views, cache, &r.event).await?;
                 tracing::debug!(?outcome, "projected");
                 if outcome != project::Projected::Skipped {
-                    let view = cache.lock().ok().and_then(|c| c.get(&r.event.job_id).cloned());
+                    let view = cache
+                        .lock()
+                        .ok()
+                        .and_then(|c| c.get(&r.event.job_id).cloned());
                     if let Some(emf) = event_metrics(&r.event, view.as_ref()) {
                         emf.emit();
                     }
@@ -172,7 +175,10 @@ pub async fn project_stream<S: EventStore, V: ViewStore>(
 
 /// A message of an SQS Lambda event as the launch core sees it.
 pub fn received(message: &SqsMessage) -> Result<ReceivedMessage, String> {
-    let message_id = message.message_id.clone().ok_or("SQS message without messageId")?;
+    let message_id = message
+        .message_id
+        .clone()
+        .ok_or("SQS message without messageId")?;
     Ok(ReceivedMessage {
         receipt_handle: message
             .receipt_handle
@@ -217,7 +223,10 @@ where
         .iter()
         .filter_map(|m| {
             let sent = m.attributes.get("SentTimestamp")?.parse::<i64>().ok()?;
-            Some((m.message_id.as_deref()?, DateTime::from_timestamp_millis(sent)?))
+            Some((
+                m.message_id.as_deref()?,
+                DateTime::from_timestamp_millis(sent)?,
+            ))
         })
         .collect();
     let sent_at = &sent_at;
@@ -249,7 +258,9 @@ where
                         }
                         emf.emit();
                     }
-                    LaunchOutcome::Skipped { reason, .. } => tracing::info!(reason, "launch skipped"),
+                    LaunchOutcome::Skipped { reason, .. } => {
+                        tracing::info!(reason, "launch skipped")
+                    }
                     LaunchOutcome::LaunchFailed { error, .. } => {
                         tracing::warn!(%error, "launch failure recorded");
                         Emf::new("launcher", clock.now)
@@ -324,7 +335,13 @@ pub async fn sweep_scheduled<S: EventStore, V: ViewStore, T: TimeSource + ?Sized
     let read_error = |e: jobledger_projections::ViewError| diagnostic(&e, e.is_retryable());
     let mut candidates = Vec::new();
     for status in [Status::Launching, Status::Running, Status::Cancelling] {
-        candidates.extend(all_in(views, status).await.map_err(read_error)?.iter().map(candidate));
+        candidates.extend(
+            all_in(views, status)
+                .await
+                .map_err(read_error)?
+                .iter()
+                .map(candidate),
+        );
     }
     let now = time.now();
     let mut oldest: Option<DateTime<Utc>> = None;
@@ -402,7 +419,12 @@ impl EcsTaskStateChange {
     /// The job and attempt the task ran, from its `JOB_ID` / `ATTEMPT` overrides.
     pub fn job_attempt(&self) -> Option<(JobId, u32)> {
         self.overrides.container_overrides.iter().find_map(|c| {
-            let var = |n: &str| c.environment.iter().find(|kv| kv.name == n).map(|kv| kv.value.as_str());
+            let var = |n: &str| {
+                c.environment
+                    .iter()
+                    .find(|kv| kv.name == n)
+                    .map(|kv| kv.value.as_str())
+            };
             Some((var("JOB_ID")?.parse().ok()?, var("ATTEMPT")?.parse().ok()?))
         })
     }
@@ -428,10 +450,15 @@ pub async fn task_stopped<S: EventStore, T: TimeSource + ?Sized>(
     time: &T,
 ) -> Result<TaskStopOutcome, ExecuteError> {
     if change.last_status != "STOPPED" {
-        return Ok(TaskStopOutcome::Ignored(format!("task is {}", change.last_status)));
+        return Ok(TaskStopOutcome::Ignored(format!(
+            "task is {}",
+            change.last_status
+        )));
     }
     let Some((job_id, attempt)) = change.job_attempt() else {
-        return Ok(TaskStopOutcome::Ignored("not a worker task (no JOB_ID/ATTEMPT)".into()));
+        return Ok(TaskStopOutcome::Ignored(
+            "not a worker task (no JOB_ID/ATTEMPT)".into(),
+        ));
     };
     let span = tracing::info_span!("task", %job_id, attempt, task_arn = %change.task_arn);
     async move {
@@ -444,11 +471,21 @@ pub async fn task_stopped<S: EventStore, T: TimeSource + ?Sized>(
             )));
         }
         let code = change.stop_code.clone().unwrap_or_else(|| "unknown".into());
-        let why = format!("{code}: {}", change.stopped_reason.as_deref().unwrap_or("no reason given"));
+        let why = format!(
+            "{code}: {}",
+            change
+                .stopped_reason
+                .as_deref()
+                .unwrap_or("no reason given")
+        );
         let clock = time.clock();
         let spot = code == "SpotInterruption";
         let command = if spot {
-            Command::Interrupt { attempt, reason: why, clock }
+            Command::Interrupt {
+                attempt,
+                reason: why,
+                clock,
+            }
         } else {
             Command::FailAttempt {
                 attempt,
@@ -507,10 +544,18 @@ pub async fn sweeper_event<S: EventStore, V: ViewStore, T: TimeSource + ?Sized>(
         let outcome = task_stopped(store, &change, time)
             .await
             .map_err(|e| diagnostic(&e, execute_retryable(&e)))?;
-        tracing::info!(?outcome, task_arn = change.task_arn, "task state change handled");
+        tracing::info!(
+            ?outcome,
+            task_arn = change.task_arn,
+            "task state change handled"
+        );
         return Ok(());
     }
     let report = sweep_scheduled(store, views, policy, time).await?;
-    tracing::info!(timed_out = report.timed_out.len(), errors = report.errors.len(), "sweep done");
+    tracing::info!(
+        timed_out = report.timed_out.len(),
+        errors = report.errors.len(),
+        "sweep done"
+    );
     Ok(())
 }

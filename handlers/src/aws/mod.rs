@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod ecs;
+pub mod functions;
 pub mod glue;
 pub mod lambda;
 pub mod logging;

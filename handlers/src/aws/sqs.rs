@@ -16,6 +16,10 @@ use crate::ports::{JobMessage, JobQueue, MAX_VISIBILITY, QueueError, ReceivedMes
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// SQS's largest receive batch.
 pub const MAX_RECEIVE: usize = 10;
+/// SQS counts its 12-hour visibility limit from the message's receipt, not from the change, so
+/// long hides are shortened by this much: more than a Lambda invocation can last. A message that
+/// comes back a little early is simply deferred again by the launcher.
+pub const RECEIPT_MARGIN: Duration = Duration::from_secs(15 * 60);
 
 /// The work queue on an SQS FIFO queue.
 #[derive(Clone, Debug)]
@@ -39,7 +43,9 @@ impl SqsJobQueue {
     }
 }
 
-fn backend<E>(err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> QueueError
+fn backend<E>(
+    err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -47,7 +53,9 @@ where
 }
 
 /// Receipt-handle errors are their own variant: the caller treats them as "someone else owns it".
-fn receipt_error<E>(err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>) -> QueueError
+fn receipt_error<E>(
+    err: aws_sdk_sqs::error::SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+) -> QueueError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -158,7 +166,10 @@ impl JobQueue for SqsJobQueue {
             .change_message_visibility()
             .queue_url(&self.queue_url)
             .receipt_handle(receipt_handle)
-            .visibility_timeout(whole_seconds(timeout, "visibility timeout")?)
+            .visibility_timeout(
+                whole_seconds(timeout, "visibility timeout")?
+                    .min(whole_seconds(MAX_VISIBILITY - RECEIPT_MARGIN, "margin")?),
+            )
             .send()
             .await
             .map_err(receipt_error)?;
@@ -172,7 +183,10 @@ mod tests {
 
     #[test]
     fn visibility_is_rounded_up_to_whole_seconds_and_bounded_by_twelve_hours() {
-        assert_eq!(whole_seconds(Duration::from_millis(1001), "v").ok(), Some(2));
+        assert_eq!(
+            whole_seconds(Duration::from_millis(1001), "v").ok(),
+            Some(2)
+        );
         assert_eq!(whole_seconds(Duration::ZERO, "v").ok(), Some(0));
         assert_eq!(whole_seconds(MAX_VISIBILITY, "v").ok(), Some(43_200));
         assert!(whole_seconds(MAX_VISIBILITY + Duration::from_secs(1), "v").is_err());

@@ -7,6 +7,8 @@
 //! processed. A record that cannot be decoded stops the batch there: it and every later record are
 //! reported as failed items, so Lambda delivers them again (and in the end to the DLQ).
 
+use std::future::Future;
+
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use jobledger_events::{DynamoEventStore, RecordedEvent};
 
@@ -56,8 +58,26 @@ pub fn record_id(record: &EventRecord) -> String {
         .unwrap_or_else(|| record.event_id.clone())
 }
 
-/// Decodes a Lambda stream event (see the module docs) with the ledger's item decoder.
-pub async fn decode(decoder: &DynamoEventStore, event: &Event) -> DecodedBatch {
+/// Turns a stream record's `NewImage` into the stored event.
+pub trait ImageDecoder: Send + Sync {
+    /// The event of an `INSERT` record (its image is not empty).
+    fn decode_image(
+        &self,
+        record: &EventRecord,
+    ) -> impl Future<Output = Result<RecordedEvent, String>> + Send;
+}
+
+/// The ledger's own decoder: the same rules as a load (payload map, JSON text, or S3 reference).
+impl ImageDecoder for DynamoEventStore {
+    async fn decode_image(&self, record: &EventRecord) -> Result<RecordedEvent, String> {
+        self.decode_item(record.change.new_image.clone().into())
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Decodes a Lambda stream event (see the module docs).
+pub async fn decode(decoder: &impl ImageDecoder, event: &Event) -> DecodedBatch {
     let mut batch = DecodedBatch {
         ids: event.records.iter().map(record_id).collect(),
         ..DecodedBatch::default()
@@ -70,7 +90,11 @@ pub async fn decode(decoder: &DynamoEventStore, event: &Event) -> DecodedBatch {
             }),
             Ok(None) => {}
             Err(failure) => {
-                tracing::error!(record = failure.record, reason = failure.reason, "undecodable stream record");
+                tracing::error!(
+                    record = failure.record,
+                    reason = failure.reason,
+                    "undecodable stream record"
+                );
                 batch.undecodable = Some(failure);
                 break;
             }
@@ -81,7 +105,7 @@ pub async fn decode(decoder: &DynamoEventStore, event: &Event) -> DecodedBatch {
 
 /// One record: `Ok(None)` for a record that carries no new event (not an `INSERT`).
 pub async fn decode_record(
-    decoder: &DynamoEventStore,
+    decoder: &impl ImageDecoder,
     record: &EventRecord,
 ) -> Result<Option<RecordedEvent>, DecodeFailure> {
     let fail = |reason: String| DecodeFailure {
@@ -95,13 +119,11 @@ pub async fn decode_record(
         return Err(fail("no SequenceNumber".into()));
     }
     if record.change.new_image.is_empty() {
-        return Err(fail("INSERT without NewImage (the stream must be NEW_IMAGE)".into()));
+        return Err(fail(
+            "INSERT without NewImage (the stream must be NEW_IMAGE)".into(),
+        ));
     }
-    // The ledger's own decoder: the same rules as a load (payload map, JSON text or S3 reference).
-    let event = decoder
-        .decode_item(record.change.new_image.clone().into())
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let event = decoder.decode_image(record).await.map_err(fail)?;
     if !event.hash_is_valid() {
         return Err(fail(format!(
             "job {} version {}: the stored hash does not match the decoded event",

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::{items_total, iso_time, shown_error, truncate_chars};
+use super::{iso_time, items_total, shown_error, truncate_chars};
 use crate::job_view::JobView;
 
 /// Most characters in one rich text object's `text.content` (Notion's request limit).

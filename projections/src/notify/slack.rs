@@ -40,7 +40,11 @@ pub struct SlackMessage {
 ///
 /// `link` is the presigned results URL (only shown for a succeeded job); `now` is when the message
 /// is rendered, from which the link's expiry time is stated.
-pub fn slack_message(view: &JobView, link: Option<&ResultLink>, now: DateTime<Utc>) -> SlackMessage {
+pub fn slack_message(
+    view: &JobView,
+    link: Option<&ResultLink>,
+    now: DateTime<Utc>,
+) -> SlackMessage {
     let emoji = status_emoji(view.status);
     let text = format!(
         "{emoji} {} job {} is {}",
@@ -124,15 +128,19 @@ pub fn slack_message(view: &JobView, link: Option<&ResultLink>, now: DateTime<Ut
 
 /// The label/value fields of the summary section (at most 10).
 fn fields(view: &JobView) -> Vec<Value> {
-    let field = |label: &str, value: String| {
-        json!({"type": "mrkdwn", "text": format!("*{label}*\n{value}")})
-    };
+    let field = |label: &str, value: String| json!({"type": "mrkdwn", "text": format!("*{label}*\n{value}")});
     let duration = match view.duration() {
         Some(d) => human_duration(d),
-        None => format!("{} so far", human_duration(view.updated_at - view.created_at)),
+        None => format!(
+            "{} so far",
+            human_duration(view.updated_at - view.created_at)
+        ),
     };
     vec![
-        field("Status", format!("{} {}", status_emoji(view.status), view.status)),
+        field(
+            "Status",
+            format!("{} {}", status_emoji(view.status), view.status),
+        ),
         field("Kind", view.kind.to_string()),
         field(
             "Items",

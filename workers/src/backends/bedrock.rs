@@ -148,7 +148,12 @@ impl ChatModel for BedrockChat {
         };
         let (input_tokens, output_tokens) = out
             .usage()
-            .map(|u| (u.input_tokens().max(0) as u64, u.output_tokens().max(0) as u64))
+            .map(|u| {
+                (
+                    u.input_tokens().max(0) as u64,
+                    u.output_tokens().max(0) as u64,
+                )
+            })
             .unwrap_or((0, 0));
         Ok(ChatReply {
             text,

@@ -152,7 +152,9 @@ impl ChatModel for OpenAiChat {
         }
         if matches!(
             status,
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+            StatusCode::BAD_REQUEST
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNPROCESSABLE_ENTITY
         ) {
             return Err(CallError::Rejected(format!("{status}: {}", excerpt(&text))));
         }
@@ -160,10 +162,11 @@ impl ChatModel for OpenAiChat {
             return Err(CallError::Fatal(format!("{status}: {}", excerpt(&text))));
         }
         // A 200 that is not a completion is a broken proxy or server: worth another try.
-        let completion: Completion = serde_json::from_str(&text).map_err(|e| CallError::Server {
-            message: format!("unreadable completion ({e}): {}", excerpt(&text)),
-            retry_after: None,
-        })?;
+        let completion: Completion =
+            serde_json::from_str(&text).map_err(|e| CallError::Server {
+                message: format!("unreadable completion ({e}): {}", excerpt(&text)),
+                retry_after: None,
+            })?;
         let usage = completion.usage.ok_or_else(|| CallError::Server {
             message: "completion without usage".into(),
             retry_after: None,

@@ -94,7 +94,9 @@ pub fn page_text(doc: &Document) -> String {
 /// The user turn for a meta description.
 pub fn meta_user(doc: &Document) -> String {
     let language = match page_language(doc) {
-        Some(code) => format!("The page is in the language with ISO 639-1 code \"{code}\"; write in it."),
+        Some(code) => {
+            format!("The page is in the language with ISO 639-1 code \"{code}\"; write in it.")
+        }
         None => "Write in the page's language.".to_string(),
     };
     format!(
@@ -186,7 +188,9 @@ pub fn finish_alt_text(reply: &str) -> Result<String, String> {
     }
     let text = capitalise(&cut_words(&text, MAX_ALT_CHARS));
     if text.chars().count() < 3 {
-        return Err(format!("the model's alt text is empty or too short: {reply:?}"));
+        return Err(format!(
+            "the model's alt text is empty or too short: {reply:?}"
+        ));
     }
     Ok(text)
 }
@@ -196,7 +200,9 @@ pub fn finish_alt_text(reply: &str) -> Result<String, String> {
 pub fn finish_meta_description(reply: &str) -> Result<String, String> {
     let text = fit(&clean_reply(reply), MAX_DESCRIPTION_CHARS);
     if text.chars().count() < 10 {
-        return Err(format!("the model's description is empty or too short: {reply:?}"));
+        return Err(format!(
+            "the model's description is empty or too short: {reply:?}"
+        ));
     }
     Ok(text)
 }
@@ -298,7 +304,8 @@ mod tests {
 
     #[test]
     fn descriptions_are_cut_to_155_characters() {
-        let long = "Nous vendons des bols en céramique faits main dans notre atelier de Porto, ".repeat(4);
+        let long =
+            "Nous vendons des bols en céramique faits main dans notre atelier de Porto, ".repeat(4);
         let out = finish_meta_description(&long).unwrap();
         assert!(out.chars().count() <= MAX_DESCRIPTION_CHARS);
         assert!(out.starts_with("Nous vendons des bols"));
@@ -319,10 +326,22 @@ mod tests {
         assert!(parse_analysis(&format!("```json\n{good}\n```")).is_ok());
         let cases = [
             ("Sure! Here is the JSON", "not the JSON object"),
-            (r#"{"topics":[],"keywords":["a"],"summary":"s","sentiment":"neutral","readability_notes":[]}"#, "topics must hold 1 to 5"),
-            (r#"{"topics":["a"],"keywords":["a"],"summary":"s","sentiment":"happy","readability_notes":[]}"#, "unknown variant"),
-            (r#"{"topics":["a"],"keywords":["a"],"summary":"s","sentiment":"mixed","readability_notes":[],"extra":1}"#, "unknown field"),
-            (r#"{"topics":["a"],"keywords":["a"],"summary":" ","sentiment":"mixed","readability_notes":[]}"#, "summary must be"),
+            (
+                r#"{"topics":[],"keywords":["a"],"summary":"s","sentiment":"neutral","readability_notes":[]}"#,
+                "topics must hold 1 to 5",
+            ),
+            (
+                r#"{"topics":["a"],"keywords":["a"],"summary":"s","sentiment":"happy","readability_notes":[]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"topics":["a"],"keywords":["a"],"summary":"s","sentiment":"mixed","readability_notes":[],"extra":1}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"topics":["a"],"keywords":["a"],"summary":" ","sentiment":"mixed","readability_notes":[]}"#,
+                "summary must be",
+            ),
         ];
         for (reply, want) in cases {
             let err = parse_analysis(reply).unwrap_err();
