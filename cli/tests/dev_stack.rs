@@ -1,5 +1,8 @@
 //! End to end: `jobledger dev` started as a real process on an ephemeral port, driven over HTTP.
 
+// Test helpers outside #[test] functions: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
