@@ -143,7 +143,13 @@ pub async fn execute<S: EventStore>(
         let history = store.load(job_id).await?;
         let (job, head) = fold(job_id, &history)?;
         let new_events = job.decide(command)?;
-        let recorded = record(job_id, job.version, head, &new_events, ctx);
+        // Clocks of different actors disagree, and a command decided on a stale read can land
+        // after a later one: the ledger's times must still never go back.
+        let mut ctx_at = ctx.clone();
+        if let Some(last) = history.last() {
+            ctx_at.now = ctx_at.now.max(last.at);
+        }
+        let recorded = record(job_id, job.version, head, &new_events, &ctx_at);
         let idempotency = match command {
             Command::Submit(_) => ctx.idempotency.clone(),
             _ => None,
