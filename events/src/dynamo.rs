@@ -727,6 +727,20 @@ impl DynamoEventStore {
     }
 }
 
+/// The item `append` writes for `event` when its payload stays inline, e.g. to import an
+/// exported ledger with `BatchWriteItem` or to build stream fixtures. A payload too large for an
+/// item is refused: only `append` can move it to S3.
+pub fn event_item(event: &RecordedEvent) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let prepared = DynamoEventStore::prepare(event)?;
+    if prepared.size > INLINE_ITEM_LIMIT {
+        return Err(refuse(format!(
+            "version {}: the item would be {} bytes; only append can store its payload in S3",
+            event.version, prepared.size
+        )));
+    }
+    Ok(prepared.item)
+}
+
 fn set_payload(item: &mut HashMap<String, AttributeValue>, payload: Payload) {
     for name in ["data", "data_json", "data_uri", "data_sha256"] {
         item.remove(name);

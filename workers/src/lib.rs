@@ -14,8 +14,12 @@ pub mod kinds;
 pub mod objects;
 pub mod process;
 pub mod runtime;
+#[cfg(feature = "aws")]
+pub mod s3;
 
 pub use backend::{Backend, BuiltinBackend, Generated, ItemError, ItemUsage};
 pub use config::{AiConfig, BackendKind, ConfigError, WorkerConfig, WorkerEnv};
 pub use objects::{FsObjectStore, ObjectError, ObjectStore};
 pub use runtime::{AttemptOutcome, ResultLine, WorkerError, run_attempt, run_attempt_with};
+#[cfg(feature = "aws")]
+pub use s3::S3ObjectStore;

@@ -1,0 +1,386 @@
+//! `DynamoJobViews` on moto: the version guard, listing through the GSI with cursors, scans,
+//! stats. The same cases as the SQLite view store's tests, so both stores behave alike.
+//!
+//! Run through `scripts/with-moto` (it starts moto and exports `AWS_ENDPOINT_URL`).
+
+// Test helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use jobledger_events::{JobId, JobKind, RecordedEvent, Status};
+use jobledger_projections::dynamo::STATUS_INDEX;
+use jobledger_projections::{
+    DynamoJobViews, JobView, ListQuery, Period, Stats, ViewError, ViewStore,
+};
+
+fn client() -> aws_sdk_dynamodb::Client {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: these tests need a moto server; run them as \
+             `scripts/with-moto cargo test -p jobledger-projections --features dynamodb --test dynamo_views`"
+        )
+    });
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(
+            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        ))
+        .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+fn template() -> JobView {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/succeeded_first_attempt.jsonl");
+    let events: Vec<RecordedEvent> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    JobView::fold(&events).unwrap().unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap()
+}
+
+fn view(status: Status, kind: JobKind, updated_s: i64, version: u64) -> JobView {
+    let mut v = template();
+    v.job_id = JobId::new();
+    v.status = status;
+    v.kind = kind;
+    v.created_at = t0();
+    v.updated_at = t0() + Duration::seconds(updated_s);
+    v.last_version = version;
+    v
+}
+
+/// A store on a new table (unique name, so tests run in parallel on one moto).
+async fn open() -> DynamoJobViews {
+    let store = DynamoJobViews::new(client(), format!("jobs-{}", uuid::Uuid::now_v7().simple()));
+    store.create_table().await.unwrap();
+    store
+}
+
+async fn list_all(store: &DynamoJobViews, mut q: ListQuery) -> Vec<Vec<JobView>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = store.list(&q).await.unwrap();
+        pages.push(page.jobs);
+        match page.next_cursor {
+            Some(c) => q.cursor = Some(c),
+            None => return pages,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_or_equal_version_never_overwrites_a_newer_view() {
+    let store = open().await;
+    let v3 = view(Status::Running, JobKind::Noop, 30, 3);
+    assert!(store.upsert(&v3).await.unwrap());
+    assert_eq!(store.get(v3.job_id).await.unwrap(), Some(v3.clone()));
+
+    let mut duplicate = v3.clone();
+    duplicate.progress.done = 99;
+    assert!(!store.upsert(&duplicate).await.unwrap());
+    let mut late = v3.clone();
+    late.last_version = 2;
+    late.status = Status::Launching;
+    assert!(!store.upsert(&late).await.unwrap());
+    assert_eq!(store.get(v3.job_id).await.unwrap(), Some(v3.clone()));
+
+    let mut v4 = v3.clone();
+    v4.last_version = 4;
+    v4.status = Status::Succeeded;
+    assert!(store.upsert(&v4).await.unwrap());
+    assert_eq!(store.get(v3.job_id).await.unwrap(), Some(v4.clone()));
+    // The indexed status column moved with the view.
+    let q = ListQuery {
+        status: Some(Status::Running),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    assert!(store.list(&q).await.unwrap().jobs.is_empty());
+
+    assert_eq!(store.get(JobId::new()).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_leave_the_highest_version() {
+    let store = open().await;
+    let base = view(Status::Running, JobKind::Noop, 0, 1);
+    let mut tasks = Vec::new();
+    for version in [5u64, 2, 9, 1, 7, 3, 8, 4, 6] {
+        let store = store.clone();
+        let mut v = base.clone();
+        v.last_version = version;
+        tasks.push(tokio::spawn(async move { store.upsert(&v).await.unwrap() }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.get(base.job_id).await.unwrap().unwrap().last_version,
+        9
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_by_status_pages_newest_first_without_gaps_or_repeats() {
+    let store = open().await;
+    let mut running = Vec::new();
+    for i in 0..23 {
+        // Every third job shares an updated_at with its neighbour, to exercise the job_id tie-break.
+        let v = view(Status::Running, JobKind::ImageAlt, i / 3 * 3, 4);
+        store.upsert(&v).await.unwrap();
+        running.push(v);
+        let other = view(Status::Queued, JobKind::ImageAlt, i, 2);
+        store.upsert(&other).await.unwrap();
+    }
+    let q = ListQuery {
+        status: Some(Status::Running),
+        kind: None,
+        limit: 10,
+        cursor: None,
+    };
+    let pages = list_all(&store, q).await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 3]
+    );
+    let listed: Vec<JobView> = pages.into_iter().flatten().collect();
+    running.sort_by_key(|v| std::cmp::Reverse((v.updated_at, v.job_id)));
+    assert_eq!(listed, running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_stays_valid_while_new_jobs_arrive() {
+    let store = open().await;
+    let mut seen = HashSet::new();
+    let mut expected = HashSet::new();
+    for i in 0..12 {
+        let v = view(Status::Submitted, JobKind::Noop, i, 1);
+        expected.insert(v.job_id);
+        store.upsert(&v).await.unwrap();
+    }
+    let mut q = ListQuery {
+        status: Some(Status::Submitted),
+        limit: 5,
+        ..ListQuery::default()
+    };
+    let first = store.list(&q).await.unwrap();
+    seen.extend(first.jobs.iter().map(|v| v.job_id));
+    // Newer jobs arrive between pages: they belong before the cursor, so later pages do not show them.
+    for i in 100..105 {
+        store
+            .upsert(&view(Status::Submitted, JobKind::Noop, i, 1))
+            .await
+            .unwrap();
+    }
+    q.cursor = first.next_cursor;
+    let rest: Vec<JobView> = list_all(&store, q).await.into_iter().flatten().collect();
+    for v in &rest {
+        assert!(seen.insert(v.job_id), "{} listed twice", v.job_id);
+    }
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_filters_by_kind_and_status_together() {
+    let store = open().await;
+    let wanted = view(Status::Failed, JobKind::MetaDescription, 5, 3);
+    store.upsert(&wanted).await.unwrap();
+    store
+        .upsert(&view(Status::Failed, JobKind::ImageAlt, 6, 3))
+        .await
+        .unwrap();
+    store
+        .upsert(&view(Status::Running, JobKind::MetaDescription, 7, 3))
+        .await
+        .unwrap();
+    let q = ListQuery {
+        status: Some(Status::Failed),
+        kind: Some(JobKind::MetaDescription),
+        limit: 50,
+        cursor: None,
+    };
+    let page = store.list(&q).await.unwrap();
+    assert_eq!(page.jobs, vec![wanted]);
+    assert_eq!(page.next_cursor, None);
+    let everything = ListQuery {
+        limit: 0, // clamped to 1
+        ..ListQuery::default()
+    };
+    let pages = list_all(&store, everything).await;
+    assert_eq!(pages.len(), 3);
+    assert_eq!(pages[0][0].updated_at, t0() + Duration::seconds(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_cursor_is_refused() {
+    let store = open().await;
+    for cursor in [
+        "",
+        "abc",
+        "c1.12.not-a-uuid",
+        "c2.1.0194",
+        "c1.x.01946a5c3e0070008000000000000001",
+        "d1.x.01946a5c3e0070008000000000000001",
+        "d1.1.not-a-uuid",
+        "d1.99999999999999999999.01946a5c3e0070008000000000000001",
+        "d1.1.01946a5c3e0070008000000000000001.extra",
+    ] {
+        let q = ListQuery {
+            limit: 10,
+            cursor: Some(cursor.to_string()),
+            ..ListQuery::default()
+        };
+        assert!(
+            matches!(store.list(&q).await, Err(ViewError::BadCursor(_))),
+            "{cursor:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_walks_every_view_in_job_id_order_and_clear_empties_the_store() {
+    let store = open().await;
+    let views: Vec<JobView> = (0..1003)
+        .map(|i| view(Status::Succeeded, JobKind::Noop, i, 7))
+        .collect();
+    let mut ids: Vec<JobId> = views.iter().map(|v| v.job_id).collect();
+    assert_eq!(store.upsert_many(&views).await.unwrap(), 1003);
+    // The same batch again is all duplicates; one newer view among them is written.
+    let mut again = views.clone();
+    again[10].last_version = 8;
+    assert_eq!(store.upsert_many(&again).await.unwrap(), 1);
+    ids.sort();
+    let all = store.all().await.unwrap();
+    assert_eq!(all.iter().map(|v| v.job_id).collect::<Vec<_>>(), ids);
+    let second = store.scan(Some(ids[0]), 2).await.unwrap();
+    assert_eq!(
+        second.iter().map(|v| v.job_id).collect::<Vec<_>>(),
+        ids[1..3].to_vec()
+    );
+
+    let stats = Stats::from_views(&all, Period::ALL);
+    store.save_stats(&stats).await.unwrap();
+    store.clear().await.unwrap();
+    assert!(store.all().await.unwrap().is_empty());
+    assert_eq!(store.load_stats().await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_stats_are_loaded_back_and_replaced_by_newer_ones() {
+    let store = open().await;
+    assert_eq!(store.load_stats().await.unwrap(), None);
+    let views = vec![
+        view(Status::Succeeded, JobKind::Noop, 90, 7),
+        view(Status::Failed, JobKind::ImageAlt, 30, 4),
+    ];
+    let stats = Stats::from_views(&views, Period::ALL);
+    assert_eq!(stats.jobs, 2);
+    store.save_stats(&stats).await.unwrap();
+    assert_eq!(store.load_stats().await.unwrap(), Some(stats));
+    let fewer = Stats::from_views(&views[..1], Period::ALL);
+    store.save_stats(&fewer).await.unwrap();
+    assert_eq!(store.load_stats().await.unwrap(), Some(fewer));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_carry_the_attributes_the_gsi_and_operators_read() {
+    let store = open().await;
+    let mut v = view(Status::Running, JobKind::ImageAlt, 1, 5);
+    v.updated_at = t0() + Duration::milliseconds(1_250);
+    // Metadata DynamoDB cannot hold as a map (an empty key, a number out of its range).
+    v.metadata.insert("".into(), serde_json::json!(1e-300));
+    v.metadata.insert("site".into(), "blog".into());
+    assert!(store.upsert(&v).await.unwrap());
+    assert_eq!(store.get(v.job_id).await.unwrap(), Some(v.clone()));
+    let item = client()
+        .get_item()
+        .table_name(store.table())
+        .key("job_id", AttributeValue::S(v.job_id.to_string()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let s = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(s)) => s.clone(),
+        other => panic!("{name} is {other:?}"),
+    };
+    let n = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(n)) => n.clone(),
+        other => panic!("{name} is {other:?}"),
+    };
+    assert_eq!(s("status"), "RUNNING");
+    assert_eq!(s("kind"), "image_alt");
+    assert_eq!(s("updated_at"), "2025-06-01T00:00:01.250000Z");
+    assert_eq!(n("last_version"), "5");
+    assert_eq!(n("attempt"), v.attempt.to_string());
+    assert!(item.contains_key("metadata_json") && !item.contains_key("metadata"));
+
+    // A later view with plain metadata replaces the JSON text with a map.
+    let mut later = v.clone();
+    later.last_version = 6;
+    later.metadata = serde_json::Map::from_iter([("site".to_string(), "blog".into())]);
+    assert!(store.upsert(&later).await.unwrap());
+    assert_eq!(store.get(v.job_id).await.unwrap(), Some(later));
+
+    // The table has the GSI Terraform creates.
+    let table = client()
+        .describe_table()
+        .table_name(store.table())
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    let index = &table.global_secondary_indexes()[0];
+    assert_eq!(index.index_name(), Some(STATUS_INDEX));
+    let keys: Vec<_> = index
+        .key_schema()
+        .iter()
+        .map(|k| k.attribute_name().to_string())
+        .collect();
+    assert_eq!(keys, vec!["status", "updated_at"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_item_is_corrupt_not_skipped() {
+    let store = open().await;
+    let v = view(Status::Queued, JobKind::Noop, 3, 2);
+    store.upsert(&v).await.unwrap();
+    client()
+        .update_item()
+        .table_name(store.table())
+        .key("job_id", AttributeValue::S(v.job_id.to_string()))
+        .update_expression("SET #a = :a")
+        .expression_attribute_names("#a", "attempt")
+        .expression_attribute_values(":a", AttributeValue::S("one".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.get(v.job_id).await,
+        Err(ViewError::Corrupt { job_id, .. }) if job_id == v.job_id.to_string()
+    ));
+    let q = ListQuery {
+        status: Some(Status::Queued),
+        limit: 10,
+        ..ListQuery::default()
+    };
+    assert!(matches!(
+        store.list(&q).await,
+        Err(ViewError::Corrupt { .. })
+    ));
+}
