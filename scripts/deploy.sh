@@ -138,7 +138,9 @@ echo "# environment $ENV_NAME (terraform/$TFVARS), region ${REGION:-<from AWS co
 # ---- 1. Lambda zips -----------------------------------------------------------------------------
 if [[ $SKIP_BUILD -eq 0 ]]; then
   say "1/5 build the Lambda functions (arm64 zips)"
-  run cargo lambda build --release --arm64 --output-format zip --package jobledger-handlers
+  # The binaries need the `aws` feature; no debug info and stripped symbols keep the zips small.
+  CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+    run cargo lambda build --release --arm64 --output-format zip --package jobledger-handlers --features aws
 else
   say "1/5 reuse the Lambda zips in $ARTIFACTS"
 fi

@@ -1,4 +1,4 @@
-# The ledger and the tables derived from it. Key schemas are part of the code contract (contract.json).
+# The ledger and the tables derived from it. Key schemas are part of the code contract (docs/deploy.md).
 
 resource "aws_dynamodb_table" "events" {
   #checkov:skip=CKV_AWS_119:Encrypted with the AWS managed key (aws/dynamodb); a customer managed key adds 1 USD/month and key administration without a reader that needs it

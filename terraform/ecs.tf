@@ -18,15 +18,27 @@ locals {
     "arn:${local.partition}:bedrock:${local.region}::foundation-model/${var.bedrock_model_id}",
   ]
 
+  # The names WorkerEnv::from_lookup reads (workers/src/config.rs); EVENTS_TABLE selects the
+  # DynamoDB ledger and S3 objects over local files.
   worker_env = {
-    RUST_LOG          = var.rust_log
-    EVENTS_TABLE      = aws_dynamodb_table.events.name
-    RESULTS_BUCKET    = aws_s3_bucket.results.bucket
-    AI_BACKEND        = var.ai_backend
-    BEDROCK_MODEL_ID  = var.bedrock_model_id
-    OPENAI_BASE_URL   = var.openai_base_url
-    OPENAI_SECRET_ARN = local.secret_arns["openai"]
+    RUST_LOG         = var.rust_log
+    EVENTS_TABLE     = aws_dynamodb_table.events.name
+    RESULTS_BUCKET   = aws_s3_bucket.results.bucket
+    AI_BACKEND       = var.ai_backend
+    BEDROCK_MODEL_ID = var.bedrock_model_id
+    OPENAI_BASE_URL  = var.openai_base_url
+    OPENAI_MODEL     = var.openai_model
   }
+
+  # Variables ECS fills from Secrets Manager (the execution role reads them at task start): the
+  # worker never fetches secrets itself. Only with the openai backend, since ECS refuses to start
+  # a task whose secret has no value yet.
+  worker_secret_env = {
+    OPENAI_API_KEY = local.secret_arns["openai"]
+  }
+  worker_secrets = var.ai_backend == "openai" ? [
+    for k in sort(keys(local.worker_secret_env)) : { name = k, valueFrom = local.worker_secret_env[k] }
+  ] : []
 
   worker_policy = [
     {
@@ -35,7 +47,7 @@ locals {
       # task of the family and ECS cannot tag its session per task. The worker is therefore allowed
       # the events table, and the hash chain plus the conditional append keep its writes honest.
       sid       = "JobEvents"
-      actions   = ["dynamodb:Query", "dynamodb:TransactWriteItems", "dynamodb:PutItem", "dynamodb:GetItem"]
+      actions   = ["dynamodb:Query", "dynamodb:PutItem"]
       resources = [local.events_arn]
     },
     {
@@ -52,11 +64,6 @@ locals {
       sid       = "InvokeConfiguredModels"
       actions   = ["bedrock:InvokeModel"]
       resources = local.bedrock_model_arns
-    },
-    {
-      sid       = "ReadOpenAiKey"
-      actions   = ["secretsmanager:GetSecretValue"]
-      resources = [local.secret_arns["openai"]]
     },
   ]
 }
@@ -115,7 +122,7 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 # Used by ECS itself: pull the image, write the awslogs stream.
 resource "aws_iam_role" "worker_execution" {
   name               = "${local.worker_family}-execution"
-  description        = "ECS task execution role of the jobledger worker (image pull, logs)"
+  description        = "ECS task execution role of the jobledger worker (image pull, logs, secrets)"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
 }
 
@@ -135,6 +142,14 @@ data "aws_iam_policy_document" "worker_execution" {
     sid       = "WorkerLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.worker.arn}:*"]
+  }
+  dynamic "statement" {
+    for_each = length(local.worker_secrets) > 0 ? [1] : []
+    content {
+      sid       = "InjectWorkerSecrets"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [for s in local.worker_secrets : s.valueFrom]
+    }
   }
 }
 
@@ -217,6 +232,7 @@ resource "aws_ecs_task_definition" "worker" {
       privileged             = false
       stopTimeout            = var.worker_stop_timeout_s
       environment            = [for k in sort(keys(local.worker_env)) : { name = k, value = local.worker_env[k] }]
+      secrets                = local.worker_secrets
       mountPoints            = [{ sourceVolume = "tmp", containerPath = "/tmp", readOnly = false }]
       linuxParameters        = { initProcessEnabled = true }
       logConfiguration = {

@@ -1,5 +1,6 @@
-# The six Rust Lambda functions. Their environment variables and IAM actions are the
-# contract with the code (contract.json; scripts/check-terraform compares the two).
+# The six Rust Lambda functions. Their environment variables and IAM actions are the contract
+# with the code: handlers/src/aws/contract.rs lists per binary the actions its calls need, and
+# handlers/tests/terraform_contract.rs checks this file against it and against the code.
 
 locals {
   lambda_defaults = {
@@ -36,7 +37,7 @@ locals {
     )
   }
 
-  # ---- environment (contract.json "env") ----------------------------------------------------
+  # ---- environment: the names each binary's typed config reads (handlers/src/aws/config.rs) ---
   common_env = {
     RUST_LOG     = var.rust_log
     EVENTS_TABLE = aws_dynamodb_table.events.name
@@ -56,15 +57,17 @@ locals {
       JOBS_TABLE = aws_dynamodb_table.jobs.name
     })
     launcher = merge(local.common_env, {
-      ECS_CLUSTER            = aws_ecs_cluster.this.name
-      WORKER_TASK_DEFINITION = aws_ecs_task_definition.worker.arn
-      WORKER_CONTAINER_NAME  = local.worker_container_name
-      WORKER_SUBNETS         = join(",", local.worker_subnet_ids)
-      WORKER_SECURITY_GROUPS = aws_security_group.worker.id
-      JOBS_QUEUE_URL         = aws_sqs_queue.jobs.url
+      ECS_CLUSTER             = aws_ecs_cluster.this.name
+      WORKER_TASK_DEFINITION  = aws_ecs_task_definition.worker.arn
+      WORKER_CONTAINER_NAME   = local.worker_container_name
+      WORKER_SUBNETS          = join(",", local.worker_subnet_ids)
+      WORKER_SECURITY_GROUPS  = aws_security_group.worker.id
+      WORKER_ASSIGN_PUBLIC_IP = var.worker_assign_public_ip ? "ENABLED" : "DISABLED"
+      JOBS_QUEUE_URL          = aws_sqs_queue.jobs.url
     })
     notifier = merge(local.common_env, {
       NOTIFIER_STATE_TABLE = aws_dynamodb_table.notifier_state.name
+      RESULTS_BUCKET       = aws_s3_bucket.results.bucket
       SLACK_SECRET_ARN     = local.secret_arns["slack"]
       NOTION_SECRET_ARN    = local.secret_arns["notion"]
       NOTION_DATABASE_ID   = var.notion_database_id
@@ -76,7 +79,7 @@ locals {
     })
   }
 
-  # ---- IAM (contract.json "actions") --------------------------------------------------------
+  # ---- IAM: exactly the actions of aws::contract, each scoped --------------------------------
   # Lambda reads the stream with the function's role (event source mapping) and writes the
   # on-failure record to the stream DLQ with it too.
   stream_consumer = [
@@ -92,19 +95,27 @@ locals {
     },
   ]
 
-  # Appending = TransactWriteItems of Puts with attribute_not_exists(version); IAM authorizes each
-  # Put of a transaction as dynamodb:PutItem, single-event appends may use PutItem directly.
+  # Appending = TransactWriteItems of Puts with attribute_not_exists(version). TransactWriteItems
+  # is no IAM action of its own: IAM authorizes each Put of a transaction as dynamodb:PutItem.
   append_events = {
     sid       = "AppendEvents"
-    actions   = ["dynamodb:Query", "dynamodb:TransactWriteItems", "dynamodb:PutItem"]
+    actions   = ["dynamodb:Query", "dynamodb:PutItem"]
     resources = [local.events_arn]
+  }
+
+  # Loading a job's events follows payloads offloaded to S3 (events over ~300 KB keep an s3://
+  # URI): every function that loads events may read them, and only them.
+  read_payloads = {
+    sid       = "ReadOffloadedPayloads"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.results.arn}/payloads/*"]
   }
 
   lambda_policies = {
     api = [
       {
         sid       = "EventsAndIdempotency"
-        actions   = ["dynamodb:Query", "dynamodb:GetItem", "dynamodb:TransactWriteItems", "dynamodb:PutItem", "dynamodb:ConditionCheckItem"]
+        actions   = ["dynamodb:Query", "dynamodb:GetItem", "dynamodb:PutItem"]
         resources = [local.events_arn, aws_dynamodb_table.idempotency.arn]
       },
       {
@@ -124,6 +135,7 @@ locals {
 
     dispatcher = concat(local.stream_consumer, [
       local.append_events,
+      local.read_payloads,
       {
         sid       = "EnqueueJobs"
         actions   = ["sqs:SendMessage"]
@@ -137,6 +149,7 @@ locals {
         actions   = ["dynamodb:Query"]
         resources = [local.events_arn]
       },
+      local.read_payloads,
       {
         sid       = "WriteJobsView"
         actions   = ["dynamodb:UpdateItem", "dynamodb:GetItem"]
@@ -181,6 +194,7 @@ locals {
         }]
       },
       local.append_events,
+      local.read_payloads,
     ]
 
     notifier = concat(local.stream_consumer, [
@@ -188,6 +202,12 @@ locals {
         sid       = "LoadEvents"
         actions   = ["dynamodb:Query"]
         resources = [local.events_arn]
+      },
+      {
+        # Offloaded payloads, and the results the Slack message links to (HeadObject + presign).
+        sid       = "ReadPayloadsAndResults"
+        actions   = ["s3:GetObject"]
+        resources = ["${aws_s3_bucket.results.arn}/payloads/*", "${aws_s3_bucket.results.arn}/results/*"]
       },
       {
         sid       = "NotifierCheckpoints"
@@ -208,16 +228,7 @@ locals {
         resources = [local.jobs_index_arn]
       },
       local.append_events,
-      {
-        sid       = "DescribeWorkerTasks"
-        actions   = ["ecs:DescribeTasks"]
-        resources = [local.worker_task_arn_pattern]
-        conditions = [{
-          test     = "ArnEquals"
-          variable = "ecs:cluster"
-          values   = [aws_ecs_cluster.this.arn]
-        }]
-      },
+      local.read_payloads,
     ]
   }
 }

@@ -8,7 +8,8 @@
 #   ecr.tf          worker image repository
 #   eventbridge.tf  sweeper schedule and ECS task-state-change rule
 #   secrets.tf      Slack, Notion and OpenAI-compatible credentials
-# The names and environment variables the Rust code relies on are listed in contract.json.
+# The names, environment variables and IAM actions the Rust code relies on are checked against
+# the code by handlers/tests/terraform_contract.rs (see docs/deploy.md, "The contract").
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}

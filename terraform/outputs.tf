@@ -117,7 +117,7 @@ output "worker_environment" {
 }
 
 output "worker_iam_actions" {
-  description = "IAM actions of the worker task role, sorted (compared with contract.json)."
+  description = "IAM actions of the worker task role, sorted (held to the code by handlers/tests/terraform_contract.rs)."
   value       = sort(distinct(flatten([for s in local.worker_policy : s.actions])))
 }
 
@@ -137,12 +137,12 @@ output "lambda_role_arns" {
 }
 
 output "lambda_environments" {
-  description = "Environment variables per Lambda function, as deployed (contract.json lists the names)."
+  description = "Environment variables per Lambda function, as deployed (handlers/tests/terraform_contract.rs checks the names)."
   value       = local.lambda_env
 }
 
 output "lambda_iam_actions" {
-  description = "IAM actions per Lambda function role, sorted (compared with contract.json)."
+  description = "IAM actions per Lambda function role, sorted (held to the code by handlers/tests/terraform_contract.rs)."
   value       = { for k, m in module.lambda : k => m.policy_actions }
 }
 

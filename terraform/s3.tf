@@ -1,4 +1,4 @@
-# Results bucket. Prefixes (contract.json):
+# Results bucket. Prefixes:
 #   results/<job_id>/<attempt>.jsonl   worker output, expires after results_retention_days
 #   checkpoints/<job_id>/...           worker checkpoints, expire after checkpoints_retention_days
 #   payloads/...                       event payloads over ~300 KB; never expire (events point at them)

@@ -273,6 +273,12 @@ variable "worker_subnet_ids" {
   default     = []
 }
 
+variable "worker_assign_public_ip" {
+  description = "Give worker tasks a public IP (launcher WORKER_ASSIGN_PUBLIC_IP). Needed when worker_subnet_ids are public subnets without a NAT gateway, so tasks can pull the image and reach AWS APIs; leave false with private subnets."
+  type        = bool
+  default     = false
+}
+
 variable "worker_cpu" {
   description = "CPU units of one worker task (256, 512, 1024, 2048, 4096, ...)."
   type        = number
@@ -355,9 +361,15 @@ variable "bedrock_model_arns" {
 }
 
 variable "openai_base_url" {
-  description = "Base URL of the OpenAI-compatible endpoint (OPENAI_BASE_URL); its key is in the openai secret."
+  description = "Base URL of the OpenAI-compatible endpoint (OPENAI_BASE_URL); its key is in the openai secret, injected as OPENAI_API_KEY when ai_backend = openai."
   type        = string
   default     = "https://api.openai.com/v1"
+}
+
+variable "openai_model" {
+  description = "Model the openai backend calls (OPENAI_MODEL), e.g. gpt-4o-mini."
+  type        = string
+  default     = "gpt-4o-mini"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! End-to-end throughput of `jobledger dev`: N no-op jobs submitted over HTTP by C concurrent
 //! clients against a durable ledger (`synchronous=FULL`); the clock stops when the read model shows
 //! the last job SUCCEEDED. Prints jobs/s, submit latency percentiles and the server's peak RSS.
+//! Each size in JOBS (comma-separated, default `1000,10000`) runs on a fresh server and data folder.
 //!
-//! `cargo build --release -p jobledger-cli && cargo run --release -p jobledger-cli --example dev_bench -- [JOBS] [CLIENTS]`
+//! `cargo build --release -p jobledger-cli && cargo run --release -p jobledger-cli --example dev_bench -- [JOBS] [CLIENTS] [WORKERS]`
 //! (`scripts/bench` does both.) Set `JOBLEDGER_BIN` to use another `jobledger` binary.
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +21,16 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Clock ticks are 100 per second on Linux (USER_HZ).
+    Some(ticks as f64 / 100.0)
 }
 
 fn succeeded(db: &rusqlite::Connection) -> usize {
@@ -42,8 +53,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let jobs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let sizes: Vec<usize> = args
+        .first()
+        .map(|a| a.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000]);
     let clients: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let workers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
     let bin = std::env::var("JOBLEDGER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -53,18 +68,22 @@ async fn main() {
                 .expect("target dir")
                 .join("jobledger")
         });
+    let mut all_done = true;
+    for jobs in sizes {
+        all_done &= run_once(&bin, jobs, clients, workers).await;
+    }
+    if !all_done {
+        std::process::exit(1);
+    }
+}
+
+/// One run on a fresh server; prints its figures and answers whether every job succeeded.
+async fn run_once(bin: &std::path::Path, jobs: usize, clients: usize, workers: usize) -> bool {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = Command::new(&bin)
-        .args([
-            "dev",
-            "--port",
-            "0",
-            "--api-key",
-            KEY,
-            "--workers",
-            "64",
-            "--data-dir",
-        ])
+    let mut server = Command::new(bin)
+        .args(["dev", "--port", "0", "--api-key", KEY, "--workers"])
+        .arg(workers.to_string())
+        .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -136,6 +155,7 @@ async fn main() {
     }
     let elapsed = start.elapsed();
     let rss = peak_rss_kb(server.id());
+    let cpu = cpu_seconds(server.id());
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(server.id().to_string())
@@ -150,7 +170,7 @@ async fn main() {
             .unwrap_or(0);
 
     println!(
-        "jobledger dev, end to end ({jobs} no-op jobs, {clients} HTTP clients, synchronous=FULL)"
+        "jobledger dev, end to end ({jobs} no-op jobs, {clients} HTTP clients, {workers} workers, synchronous=FULL)"
     );
     println!(
         "  submitted in        {:>10.2} s  ({:.0} submits/s)",
@@ -175,11 +195,16 @@ async fn main() {
         Some(kb) => println!("  server peak RSS     {:>10.1} MB", kb as f64 / 1024.0),
         None => println!("  server peak RSS     unknown (no /proc)"),
     }
+    if let Some(cpu) = cpu {
+        println!(
+            "  server CPU time     {:>10.2} s  ({:.0} µs per job)",
+            cpu,
+            cpu * 1e6 / jobs as f64
+        );
+    }
     println!(
         "  ledger on disk      {:>10.1} MB",
         ledger_bytes as f64 / 1e6
     );
-    if done < jobs {
-        std::process::exit(1);
-    }
+    done >= jobs
 }

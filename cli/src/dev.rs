@@ -12,7 +12,7 @@ use jobledger_events::{JobId, SqliteEventStore};
 use jobledger_handlers::api::{self, ApiKeys, ApiState, Authenticator};
 use jobledger_handlers::local::{
     ChildProcessLauncher, DispatcherConfig, InProcessLauncher, LauncherConfig, LedgerCandidates,
-    SqliteJobQueue, SweeperConfig, WorkFn, run_dispatcher, run_launcher, run_sweeper,
+    QueueConfig, SqliteJobQueue, SweeperConfig, WorkFn, run_dispatcher, run_launcher, run_sweeper,
 };
 use jobledger_handlers::notify::{Notifier, SqliteNotifyStore, run_notifier};
 use jobledger_handlers::ports::{SystemTime, TaskLauncher};
@@ -29,6 +29,9 @@ use crate::client::Client;
 pub const DEFAULT_DATA_DIR: &str = ".jobledger";
 const API_KEY_FILE: &str = "api-key";
 const API_KEY_ID: &str = "dev";
+/// Messages the local launcher takes per receive: more than SQS's 10, so one queue transaction
+/// (and one ledger group commit) serves many jobs.
+const LOCAL_RECEIVE_BATCH: usize = 256;
 
 /// The demo batches `--demo` submits: one of each kind, from `samples/`.
 const DEMO_JOBS: [(&str, &str); 3] = [
@@ -130,8 +133,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
         SqliteEventStore::open(dir.join("ledger.sqlite3")).context("opening the ledger")?;
     let views =
         SqliteViewStore::open(dir.join("views.sqlite3")).context("opening the read model")?;
-    let queue =
-        SqliteJobQueue::open(dir.join("queue.sqlite3")).context("opening the work queue")?;
+    let queue = SqliteJobQueue::open_with(
+        dir.join("queue.sqlite3"),
+        QueueConfig {
+            max_batch: LOCAL_RECEIVE_BATCH,
+            ..QueueConfig::default()
+        },
+    )
+    .context("opening the work queue")?;
     let objects = FsObjectStore::new(dir.join("objects")).context("opening the object store")?;
     let key = api_key(&args)?;
     let keys = ApiKeys::new([(API_KEY_ID, key.as_str())]).context("the API key")?;
@@ -176,6 +185,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     let launcher_config = LauncherConfig {
         wait: Duration::from_secs(5),
+        batch_size: LOCAL_RECEIVE_BATCH,
         ..LauncherConfig::default()
     };
     if args.child_process_workers {

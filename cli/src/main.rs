@@ -3,6 +3,7 @@
 mod client;
 mod cost;
 mod dev;
+mod notify;
 mod submit;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ enum Commands {
     Cost(cost::CostArgs),
     /// The auditor's tool: history, state, verify, rebuild, export, import, stats.
     Replay(ReplayArgs),
+    /// Notifications a sink gave up on (`jobledger dev`'s data folder): list them, redrive them.
+    Notify(notify::NotifyArgs),
     /// Run one attempt of one job (JOB_ID, ATTEMPT, JOBLEDGER_DATA_DIR from the environment);
     /// what `jobledger dev --child-process-workers` starts.
     #[command(hide = true)]
@@ -217,6 +220,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Cost(args) => cost::run(args).map(|()| ExitCode::SUCCESS),
         Commands::Replay(args) => jobledger_replay::run(args.command, args.source).await,
+        Commands::Notify(args) => notify::run(args).await,
         Commands::Worker => {
             dev::init_logging("info");
             Ok(jobledger_workers::process::main_from_env().await)

@@ -131,6 +131,15 @@ impl EventsTables {
         }
     }
 
+    /// Only the events table: for functions that neither claim idempotency keys nor write payloads.
+    pub fn events_only(events: impl Into<String>) -> Self {
+        EventsTables {
+            events: events.into(),
+            idempotency: None,
+            payload_bucket: None,
+        }
+    }
+
     /// `EVENTS_TABLE` (required), `IDEMPOTENCY_TABLE` and `RESULTS_BUCKET` (optional).
     pub fn from_env() -> Result<Self, MissingEnv> {
         Ok(EventsTables {

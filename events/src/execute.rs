@@ -42,6 +42,18 @@ impl CommandContext {
             idempotency: None,
         }
     }
+
+    /// A context that continues the job's chain: [`execute`] takes the correlation id of the
+    /// job's last event and that event's id as the cause (a worker only knows the job id).
+    pub fn continuing(actor: impl Into<String>, now: DateTime<Utc>) -> Self {
+        CommandContext {
+            actor: actor.into(),
+            correlation_id: String::new(),
+            causation_id: String::new(),
+            now,
+            idempotency: None,
+        }
+    }
 }
 
 /// Why a command did not append.
@@ -148,6 +160,14 @@ pub async fn execute<S: EventStore>(
         let mut ctx_at = ctx.clone();
         if let Some(last) = history.last() {
             ctx_at.now = ctx_at.now.max(last.at);
+            if ctx_at.correlation_id.is_empty() {
+                ctx_at.correlation_id = last.correlation_id.clone();
+                ctx_at.causation_id = last.event_id.to_string();
+            }
+        }
+        if ctx_at.correlation_id.is_empty() {
+            ctx_at.correlation_id = new_event_id().to_string();
+            ctx_at.causation_id = ctx_at.correlation_id.clone();
         }
         let recorded = record(job_id, job.version, head, &new_events, &ctx_at);
         let idempotency = match command {

@@ -639,6 +639,19 @@ fn decode_event(row: &rusqlite::Row<'_>, job_id: JobId) -> Result<RecordedEvent,
     decoded.map_err(corrupt)
 }
 
+/// The columns [`decode_event_row`] reads, in order (`version, type, data, envelope`), for bulk
+/// readers that select rows themselves (replay scans the table in key order).
+pub const EVENT_ROW_COLUMNS: &str = EVENT_COLUMNS;
+
+/// Decodes one `events` row of job `job_id` selected as [`EVENT_ROW_COLUMNS`] (columns 0 to 3);
+/// anything undecodable is `Corrupt`, naming the job and version.
+pub fn decode_event_row(
+    row: &rusqlite::Row<'_>,
+    job_id: JobId,
+) -> Result<RecordedEvent, StoreError> {
+    decode_event(row, job_id)
+}
+
 /// Reads versions `from..=to` of a job, checking that none is missing.
 fn scan_job(
     conn: &Connection,

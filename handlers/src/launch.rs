@@ -4,14 +4,15 @@
 //! for the message's attempt is skipped (the message is acknowledged), and launchers are idempotent per
 //! attempt. A retry whose `not_before` is still ahead is hidden on the queue until then.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use jobledger_events::execute::{ExecuteError, fold};
-use jobledger_events::{Clock, Command, CommandContext, EventStore, JobId, Status, execute};
+use jobledger_events::execute::ExecuteError;
+use jobledger_events::{Clock, Command, CommandContext, EventStore, Job, JobId, Status};
 
-use crate::batch::{BatchReport, process_in_order};
-use crate::dispatch::is_already_handled;
+use crate::batch::BatchReport;
+use crate::dispatch::{LoadedJob, Task, is_already_handled, run_bounded};
 use crate::ports::{
     JobMessage, JobQueue, LaunchError, MAX_VISIBILITY, MalformedMessage, QueueError,
     ReceivedMessage, TaskLauncher, TimeSource,
@@ -139,6 +140,22 @@ fn hide_for(until: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     Duration::from_secs(ms.div_ceil(1000)).min(MAX_VISIBILITY)
 }
 
+/// How long a first delivery that arrived before its `JobQueued` waits for the ledger to catch up
+/// (re-reading it a few times) before the message is hidden and tried again later. The dispatcher
+/// sends a batch of messages and records their `JobQueued` a group commit later, so a fast
+/// receiver regularly gets there first; waiting a moment beats hiding the message for a second.
+pub const NOT_QUEUED_GRACE: [Duration; 4] = [
+    Duration::from_millis(2),
+    Duration::from_millis(8),
+    Duration::from_millis(25),
+    Duration::from_millis(65),
+];
+
+/// Whether the job is one step behind the message: the attempt's `JobQueued` is not recorded yet.
+fn not_queued_yet(job: &Job, attempt: u32) -> bool {
+    job.attempt == attempt && matches!(job.status, Status::Submitted | Status::RetryWait)
+}
+
 /// Handles one work message (see the module docs). `clock` dates the commands and drives the
 /// backoff of a recorded launch failure.
 pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
@@ -157,9 +174,18 @@ pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
         reason,
     };
 
-    let history = store.load(job_id).await.map_err(ExecuteError::from)?;
-    let (job, _) = fold(job_id, &history)?;
-    if job.attempt == attempt && matches!(job.status, Status::Submitted | Status::RetryWait) {
+    let mut loaded = LoadedJob::load(store, job_id).await?;
+    if received.receive_count <= 1 {
+        for pause in NOT_QUEUED_GRACE {
+            if !not_queued_yet(&loaded.job, attempt) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            loaded = LoadedJob::load(store, job_id).await?;
+        }
+    }
+    let job = &loaded.job;
+    if not_queued_yet(job, attempt) {
         // The dispatcher sends the message before it records `JobQueued`, so a fast receive can see
         // the job one step behind. Come back shortly rather than dropping the only message.
         let retry_in = not_queued_backoff(received.receive_count);
@@ -195,7 +221,7 @@ pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
 
     let ctx = CommandContext {
         actor: ACTOR.to_string(),
-        correlation_id: history.last().map_or_else(
+        correlation_id: loaded.history.last().map_or_else(
             || message.event_id.to_string(),
             |e| e.correlation_id.clone(),
         ),
@@ -210,8 +236,8 @@ pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
                 task_arn: launched.task_arn.clone(),
                 capacity: launched.capacity,
             };
-            match execute(store, job_id, &command, &ctx).await {
-                Ok(_) => {}
+            match loaded.execute(store, &command, &ctx).await {
+                Ok(()) => {}
                 // A fast worker may claim the attempt before this append: the launch still happened.
                 Err(ExecuteError::Rejected(reason)) if is_already_handled(&reason) => {
                     tracing::debug!(%job_id, attempt, %reason, "TaskLaunched not recorded: job moved on")
@@ -238,8 +264,8 @@ pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
                 retryable: error.retryable,
                 clock,
             };
-            match execute(store, job_id, &command, &ctx).await {
-                Ok(_) => Ok(LaunchOutcome::LaunchFailed {
+            match loaded.execute(store, &command, &ctx).await {
+                Ok(()) => Ok(LaunchOutcome::LaunchFailed {
                     job_id,
                     attempt,
                     error,
@@ -253,7 +279,117 @@ pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
     }
 }
 
-/// Handles a batch of messages in order, stopping at the first failure (see [`crate::batch`]).
+fn log_outcome(outcome: &LaunchOutcome) {
+    match outcome {
+        LaunchOutcome::Launched {
+            job_id,
+            attempt,
+            task_arn,
+        } => tracing::info!(%job_id, attempt, task_arn, "worker launched"),
+        LaunchOutcome::Skipped {
+            job_id,
+            attempt,
+            reason,
+        } => tracing::debug!(%job_id, attempt, reason, "launch skipped"),
+        LaunchOutcome::LaunchFailed {
+            job_id,
+            attempt,
+            error,
+        } => tracing::warn!(%job_id, attempt, %error, "launch failure recorded"),
+    }
+}
+
+/// Message groups (jobs) a launch batch works on at once.
+pub const LAUNCH_CONCURRENCY: usize = 64;
+
+/// What became of one message of a batch handled by [`launch_groups`].
+#[derive(Debug)]
+pub enum MessageResult {
+    /// Handled: delete it.
+    Done,
+    /// Stopped its group; it stays hidden (deferred, or for the visibility timeout after a fault).
+    Failed(LaunchFailure),
+    /// Not tried because an earlier message of its group failed: hand it back to the queue.
+    Untried,
+}
+
+/// Handles a batch of messages: the messages of one group (job) in order, stopping that group at
+/// its first failure, and different groups concurrently (at most [`LAUNCH_CONCURRENCY`] at once),
+/// as SQS FIFO allows. A body that is not a job message is found before anything runs; nothing
+/// from it on is tried. Answers one result per message, in the batch's order.
+pub async fn launch_groups<S: EventStore, Q: JobQueue, L: TaskLauncher, T: TimeSource + ?Sized>(
+    store: &S,
+    queue: &Q,
+    launcher: &L,
+    messages: &[ReceivedMessage],
+    time: &T,
+    policy: &LaunchPolicy,
+) -> Vec<MessageResult> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut index: HashMap<JobId, usize> = HashMap::new();
+    // A body that is not a job message cuts the batch before anything runs: it fails and every
+    // later message is handed back, exactly as if the batch had run one message at a time.
+    let mut cut: Option<(usize, MalformedMessage)> = None;
+    for (i, m) in messages.iter().enumerate() {
+        let job_id = match JobMessage::from_body(&m.body) {
+            Ok(message) => message.job_id,
+            Err(e) => {
+                cut = Some((i, e));
+                break;
+            }
+        };
+        let slot = *index.entry(job_id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[slot].push(i);
+    }
+    let tasks = groups
+        .into_iter()
+        .map(|members| -> Task<'_, Vec<(usize, MessageResult)>> {
+            Box::pin(async move {
+                let mut results = Vec::with_capacity(members.len());
+                let mut failed = false;
+                for i in members {
+                    if failed {
+                        results.push((i, MessageResult::Untried));
+                        continue;
+                    }
+                    // Read per message: a launch takes time, and each recorded failure gets its own jitter.
+                    match launch_one(store, queue, launcher, &messages[i], time.clock(), policy)
+                        .await
+                    {
+                        Ok(outcome) => {
+                            log_outcome(&outcome);
+                            results.push((i, MessageResult::Done));
+                        }
+                        Err(e) => {
+                            failed = true;
+                            results.push((i, MessageResult::Failed(e)));
+                        }
+                    }
+                }
+                results
+            })
+        })
+        .collect();
+    let per_group = run_bounded(tasks, LAUNCH_CONCURRENCY).await;
+    let mut results: Vec<Option<MessageResult>> = messages.iter().map(|_| None).collect();
+    for (i, result) in per_group.into_iter().flatten() {
+        results[i] = Some(result);
+    }
+    if let Some((i, e)) = cut {
+        results[i] = Some(MessageResult::Failed(e.into()));
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(MessageResult::Untried))
+        .collect()
+}
+
+/// Handles a batch of messages (see [`launch_groups`]) and reports it with the ordering contract of
+/// [`crate::batch`]: the first message not handled and every later one are failed. Messages after
+/// it may have been handled already; delivered again, they are skipped by the core.
 /// Deleting the successful messages is the caller's job (Lambda does it from the report).
 pub async fn launch_batch<S: EventStore, Q: JobQueue, L: TaskLauncher, T: TimeSource + ?Sized>(
     store: &S,
@@ -263,33 +399,30 @@ pub async fn launch_batch<S: EventStore, Q: JobQueue, L: TaskLauncher, T: TimeSo
     time: &T,
     policy: &LaunchPolicy,
 ) -> BatchReport<LaunchFailure> {
-    process_in_order(
-        messages,
-        |m| m.message_id.clone(),
-        |m| async move {
-            // Read per message: a launch takes time, and each recorded failure gets its own jitter.
-            let outcome = launch_one(store, queue, launcher, m, time.clock(), policy).await?;
-            match &outcome {
-                LaunchOutcome::Launched {
-                    job_id,
-                    attempt,
-                    task_arn,
-                } => tracing::info!(%job_id, attempt, task_arn, "worker launched"),
-                LaunchOutcome::Skipped {
-                    job_id,
-                    attempt,
-                    reason,
-                } => tracing::debug!(%job_id, attempt, reason, "launch skipped"),
-                LaunchOutcome::LaunchFailed {
-                    job_id,
-                    attempt,
-                    error,
-                } => tracing::warn!(%job_id, attempt, %error, "launch failure recorded"),
-            }
-            Ok(())
-        },
-    )
-    .await
+    let results = launch_groups(store, queue, launcher, messages, time, policy).await;
+    let Some(first) = results
+        .iter()
+        .position(|r| !matches!(r, MessageResult::Done))
+    else {
+        return BatchReport {
+            failed_ids: Vec::new(),
+            succeeded: messages.len(),
+            error: None,
+        };
+    };
+    // The first message not done failed: an untried one always follows a failed one of its group.
+    let error = results.into_iter().find_map(|r| match r {
+        MessageResult::Failed(e) => Some(e),
+        _ => None,
+    });
+    BatchReport {
+        failed_ids: messages[first..]
+            .iter()
+            .map(|m| m.message_id.clone())
+            .collect(),
+        succeeded: first,
+        error,
+    }
 }
 
 #[cfg(test)]

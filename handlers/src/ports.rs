@@ -164,6 +164,46 @@ pub trait JobQueue: Send + Sync {
         receipt_handle: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Sends several messages, as [`JobQueue::send`] would one by one, answering their message ids
+    /// in order. Queues that can should do it in one call or transaction; on an error some of the
+    /// messages may have been sent (sending them again is deduplicated).
+    fn send_batch(
+        &self,
+        messages: &[JobMessage],
+    ) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send {
+        async move {
+            let mut ids = Vec::with_capacity(messages.len());
+            for message in messages {
+                ids.push(self.send(message).await?);
+            }
+            Ok(ids)
+        }
+    }
+
+    /// Deletes several received messages; answers how many were deleted. A receipt that is no
+    /// longer current (the message was delivered again) is skipped, not an error.
+    fn delete_batch(
+        &self,
+        receipt_handles: &[String],
+    ) -> impl Future<Output = Result<usize, QueueError>> + Send {
+        async move {
+            let mut deleted = 0;
+            for receipt in receipt_handles {
+                match self.delete(receipt).await {
+                    Ok(()) => deleted += 1,
+                    Err(QueueError::InvalidReceipt) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(deleted)
+        }
+    }
+
+    /// The most messages one [`JobQueue::receive`] may ask for (SQS: 10).
+    fn max_receive(&self) -> usize {
+        10
+    }
 }
 
 /// A started worker task.

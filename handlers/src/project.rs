@@ -149,6 +149,109 @@ pub async fn project_one<S: EventStore, V: ViewStore>(
     Ok(outcome)
 }
 
+/// Views the local projector keeps between batches before it starts over (a bound on memory).
+pub const VIEW_CACHE_LIMIT: usize = 50_000;
+
+/// Projects `events` in order into views held in `cache`, and writes every view the batch changed
+/// with one [`ViewStore::upsert_many`] (one transaction, one fsync for the whole batch, instead of
+/// one per event). Same report as [`project`]: on a failure, the events before it are written.
+///
+/// `cache` holds views as this projector last wrote them, so consecutive batches need not read a
+/// job's view again. The store's version guard keeps it honest: when a write is refused (someone
+/// wrote a newer view) the batch's views are dropped from the cache and read again next time.
+pub async fn project_batch<S: EventStore, V: ViewStore>(
+    store: &S,
+    views: &V,
+    cache: &mut HashMap<JobId, JobView>,
+    events: &[RecordedEvent],
+) -> BatchReport<ProjectError> {
+    if cache.len() > VIEW_CACHE_LIMIT {
+        cache.clear();
+    }
+    let mut changed: Vec<JobId> = Vec::new();
+    let mut succeeded = 0;
+    let mut error = None;
+    for event in events {
+        match next_view(store, views, cache, event).await {
+            Ok(None) => {}
+            Ok(Some(view)) => {
+                if !changed.contains(&view.job_id) {
+                    changed.push(view.job_id);
+                }
+                cache.insert(view.job_id, view);
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+        succeeded += 1;
+    }
+    if !changed.is_empty() {
+        let dirty: Vec<JobView> = changed
+            .iter()
+            .filter_map(|id| cache.get(id).cloned())
+            .collect();
+        match views.upsert_many(&dirty).await {
+            Ok(written) if written == dirty.len() => {}
+            Ok(_) => {
+                // Some view was newer in the store: read those jobs again next time.
+                for id in &changed {
+                    cache.remove(id);
+                }
+            }
+            Err(e) => {
+                for id in &changed {
+                    cache.remove(id);
+                }
+                succeeded = 0;
+                error = Some(e.into());
+            }
+        }
+    }
+    BatchReport {
+        failed_ids: events[succeeded..]
+            .iter()
+            .map(|e| e.event_id.to_string())
+            .collect(),
+        succeeded,
+        error,
+    }
+}
+
+/// The job's view after `event`, from the cached or stored view when the event follows it, else
+/// folded from the ledger; `None` when the event changes nothing (a duplicate or late delivery).
+async fn next_view<S: EventStore, V: ViewStore>(
+    store: &S,
+    views: &V,
+    cache: &HashMap<JobId, JobView>,
+    event: &RecordedEvent,
+) -> Result<Option<JobView>, ProjectError> {
+    let current = match cache.get(&event.job_id) {
+        Some(view) => Some(view.clone()),
+        None => views.get(event.job_id).await?,
+    };
+    let head = current.as_ref().map_or(0, |v| v.last_version);
+    if event.version <= head {
+        return Ok(None);
+    }
+    if event.version == head + 1 {
+        return Ok(JobView::apply(current, event)?);
+    }
+    let history = store.load(event.job_id).await?;
+    let ledger_head = history.last().map_or(0, |e| e.version);
+    if ledger_head < event.version {
+        return Err(ProjectError::Behind {
+            job_id: event.job_id,
+            version: event.version,
+            head: ledger_head,
+        });
+    }
+    tracing::info!(job_id = %event.job_id, view_version = head, event_version = event.version,
+        "event ahead of its view: rebuilding the view from the ledger");
+    Ok(JobView::fold(&history)?)
+}
+
 /// Follows the change feed and keeps the views current until `shutdown` turns true (or its sender
 /// is dropped): the local projector of `jobledger dev`.
 ///
@@ -168,6 +271,7 @@ where
     let mut checkpoint = store.checkpoint(PROJECTOR).await?;
     // (feed position, tries) of the event that failed last.
     let mut failing: (u64, u32) = (0, 0);
+    let mut cache = HashMap::new();
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -191,7 +295,7 @@ where
             continue;
         }
         let events: Vec<RecordedEvent> = feed.iter().map(|f| f.event.clone()).collect();
-        let report = project(store, views, &events).await;
+        let report = project_batch(store, views, &mut cache, &events).await;
         let mut next = match report.succeeded {
             0 => checkpoint,
             n => feed[n - 1].seq,

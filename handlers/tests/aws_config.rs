@@ -110,3 +110,33 @@ fn every_binary_reads_exactly_its_contract() {
         Err(ConfigError::Missing("JOBS_TABLE"))
     );
 }
+
+#[test]
+fn worker_tasks_get_a_public_ip_only_when_asked() {
+    let launcher = |extra: &[(&'static str, &'static str)]| {
+        LauncherConfig::from_lookup(env(&[LAUNCHER, extra].concat()))
+    };
+    assert!(!launcher(&[]).expect("default").assign_public_ip);
+    assert!(
+        !launcher(&[("WORKER_ASSIGN_PUBLIC_IP", "DISABLED")])
+            .expect("disabled")
+            .assign_public_ip
+    );
+    assert!(
+        launcher(&[("WORKER_ASSIGN_PUBLIC_IP", " ENABLED ")])
+            .expect("enabled")
+            .assign_public_ip
+    );
+    let err = launcher(&[("WORKER_ASSIGN_PUBLIC_IP", "yes")]).expect_err("not a switch");
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                name: "WORKER_ASSIGN_PUBLIC_IP",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ENABLED or DISABLED"), "{err}");
+}

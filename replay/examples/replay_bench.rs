@@ -1,7 +1,7 @@
 //! Replay throughput on a generated ledger (~1,000,000 events, ~100,000 jobs). Prints figures;
 //! asserts nothing. Each phase runs in a child process so its peak memory is its own.
 //!
-//! `cargo run --release -p jobledger-replay --example replay_bench [-- --events N] [--writes]`
+//! `cargo run --release -p jobledger-replay --example replay_bench [-- --events N] [--no-writes]`
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,7 +83,7 @@ async fn phase(name: &str, dir: &Path) -> anyhow::Result<()> {
             );
         }
         "fold-export" => {
-            // Parse on the reader thread, decode (upcast) + Job::evolve per job on this one.
+            // Split in parts of whole jobs: each core parses, decodes (upcasts) and folds its own.
             struct Fold {
                 job: Job,
                 current: Option<jobledger_events::JobId>,
@@ -91,14 +91,20 @@ async fn phase(name: &str, dir: &Path) -> anyhow::Result<()> {
                 succeeded: u64,
             }
             let src = FileSource::open(&file)?;
-            let fold = Fold {
+            let make = || Fold {
                 job: Job::default(),
                 current: None,
                 events: 0,
                 succeeded: 0,
             };
-            let fold =
-                jobledger_replay::drive::drive(&src, false, false, "fold", fold, |f, entry| {
+            let folds = jobledger_replay::drive::drive_parts(
+                &src,
+                false,
+                false,
+                "fold",
+                jobledger_replay::drive::default_parts(),
+                make,
+                |f, entry| {
                     if let Entry::Event(e) = entry {
                         if f.current != Some(e.event.job_id) {
                             f.succeeded +=
@@ -111,8 +117,14 @@ async fn phase(name: &str, dir: &Path) -> anyhow::Result<()> {
                         }
                         f.events += 1;
                     }
-                })
-                .await?;
+                },
+            )
+            .await?;
+            let fold = folds.into_iter().fold(make(), |mut all, f| {
+                all.events += f.events;
+                all.succeeded += f.succeeded;
+                all
+            });
             report(
                 "fold export (Job)",
                 fold.events,
@@ -228,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
         "fold-sqlite",
         "rebuild-dry",
     ];
-    if std::env::args().any(|a| a == "--writes") {
+    if !std::env::args().any(|a| a == "--no-writes") {
         phases.push("rebuild");
     }
     let me = std::env::current_exe()?;

@@ -27,8 +27,20 @@ pub struct SourceArgs {
     )]
     pub data_dir: PathBuf,
     /// Read histories from an export file (.jsonl or .jsonl.zst) instead of the ledger.
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        conflicts_with = "dynamodb_table"
+    )]
     pub from: Option<PathBuf>,
+    /// Read histories from this DynamoDB events table (region, credentials and endpoint from
+    /// the standard AWS environment; needs the `dynamodb` feature).
+    #[arg(long, value_name = "TABLE", global = true)]
+    pub dynamodb_table: Option<String>,
+    /// Segments of the parallel Scan that reads a whole DynamoDB table.
+    #[arg(long, value_name = "N", global = true, default_value_t = 4)]
+    pub dynamodb_segments: u32,
 }
 
 impl SourceArgs {
@@ -43,13 +55,31 @@ impl SourceArgs {
     }
 
     /// Opens the chosen source.
-    pub fn open(&self) -> anyhow::Result<AnySource> {
+    pub async fn open(&self) -> anyhow::Result<AnySource> {
+        if let Some(table) = &self.dynamodb_table {
+            return open_dynamo(table, self.dynamodb_segments).await;
+        }
         Ok(match &self.from {
             Some(file) => AnySource::File(FileSource::open(file)?),
             None => AnySource::Sqlite(SqliteSource::open(&self.ledger_path())?),
         })
     }
 }
+
+#[cfg(feature = "dynamodb")]
+async fn open_dynamo(table: &str, segments: u32) -> anyhow::Result<AnySource> {
+    let src = crate::dynamo_source::DynamoSource::from_env(table, segments).await;
+    // Fail now, naming the table, rather than in the middle of a command.
+    src.extent().await?;
+    Ok(AnySource::Dynamo(src))
+}
+
+#[cfg(not(feature = "dynamodb"))]
+async fn open_dynamo(table: &str, _segments: u32) -> anyhow::Result<AnySource> {
+    bail!("cannot read DynamoDB table {table}: replay was built without its `dynamodb` feature")
+}
+
+impl SourceArgs {}
 
 /// Parses RFC 3339 (`2025-01-31T12:00:00Z`) or a plain date (midnight UTC).
 pub fn parse_when(s: &str) -> Result<DateTime<Utc>, String> {
@@ -162,7 +192,7 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
     let show = std::io::stderr().is_terminal();
     match cmd {
         ReplayCommand::History { job, json } => {
-            let src = source.open()?;
+            let src = source.open().await?;
             let (events, problems) = events_of(src.job(job, false).await?);
             if events.is_empty() && problems.is_empty() {
                 bail!("job {job} is not in {}", src.describe());
@@ -180,7 +210,7 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
             at_version,
             at,
         } => {
-            let src = source.open()?;
+            let src = source.open().await?;
             let (events, problems) = events_of(src.job(job, false).await?);
             if let Some(p) = problems.first() {
                 bail!("job {job}: {p}; run verify");
@@ -197,7 +227,7 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
             Ok(ExitCode::SUCCESS)
         }
         ReplayCommand::Verify { job, all: _, json } => {
-            let src = source.open()?;
+            let src = source.open().await?;
             let started = std::time::Instant::now();
             let report = crate::verify::verify_source(&src, job, show).await?;
             let secs = started.elapsed().as_secs_f64();
@@ -234,7 +264,7 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
             dry_run,
             json,
         } => {
-            let src = source.open()?;
+            let src = source.open().await?;
             let views = open_views(&source.views_path())?;
             let started = std::time::Instant::now();
             let report = crate::views::rebuild(&src, &views, projection, dry_run, show).await?;
@@ -274,7 +304,7 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
             })
         }
         ReplayCommand::Export { job, all: _, out } => {
-            let src = source.open()?;
+            let src = source.open().await?;
             let s = crate::transfer::export(&src, job, &out, show).await?;
             eprintln!(
                 "exported {} job(s), {} event(s) to {}",
@@ -313,7 +343,7 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
             }
         }
         ReplayCommand::Stats { since, until, json } => {
-            let src = source.open()?;
+            let src = source.open().await?;
             let period = Period {
                 from: since,
                 to: until,

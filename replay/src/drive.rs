@@ -1,5 +1,6 @@
 //! Runs a consumer over a full scan on a blocking thread (the source reads on another), with an
-//! optional progress bar showing rate and ETA.
+//! optional progress bar showing rate and ETA; or one consumer per part of a split scan, so every
+//! core folds whole jobs of its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,4 +73,74 @@ where
     handle
         .await
         .map_err(|e| SourceError::Unavailable(format!("consumer thread failed: {e}")))?
+}
+
+/// How many parts a split scan uses: one per core.
+pub fn default_parts() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Feeds every entry of `src` to `f(&mut state, entry)` like [`drive`], but over a scan split in
+/// up to `parts` feeds (see [`HistorySource::scan_parts`]), each with a state of its own made by
+/// `make`, on threads of their own. Returns the states, one per feed, for the caller to merge.
+pub async fn drive_parts<S, T, M, F>(
+    src: &S,
+    check: bool,
+    show: bool,
+    what: &str,
+    parts: usize,
+    make: M,
+    f: F,
+) -> Result<Vec<T>, SourceError>
+where
+    S: HistorySource,
+    T: Send + 'static,
+    M: Fn() -> T,
+    F: Fn(&mut T, Entry) + Send + Sync + 'static,
+{
+    let total = if show {
+        src.extent().await.unwrap_or(0)
+    } else {
+        0
+    };
+    let position = Arc::new(AtomicU64::new(0));
+    let entries = Arc::new(AtomicU64::new(0));
+    let feeds = src.scan_parts(check, parts, Arc::clone(&position))?;
+    let f = Arc::new(f);
+    let mut handles = Vec::with_capacity(feeds.len());
+    for mut feed in feeds {
+        let (f, entries, mut state) = (Arc::clone(&f), Arc::clone(&entries), make());
+        handles.push(tokio::task::spawn_blocking(move || {
+            while let Some(batch) = feed.blocking_recv() {
+                let batch = batch?;
+                entries.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for entry in batch {
+                    f(&mut state, entry);
+                }
+            }
+            Ok::<T, SourceError>(state)
+        }));
+    }
+    let bar = bar(total, show, what);
+    let started = std::time::Instant::now();
+    let mut states = Vec::with_capacity(handles.len());
+    for mut handle in handles {
+        let state = loop {
+            tokio::select! {
+                done = &mut handle => break done,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    let n = entries.load(Ordering::Relaxed);
+                    let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_position(position.load(Ordering::Relaxed));
+                    bar.set_message(format!("{n} entries, {rate:.0}/s"));
+                }
+            }
+        };
+        states.push(
+            state
+                .map_err(|e| SourceError::Unavailable(format!("consumer thread failed: {e}")))??,
+        );
+    }
+    bar.finish_and_clear();
+    Ok(states)
 }

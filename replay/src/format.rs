@@ -123,6 +123,9 @@ pub fn sourced(event: RecordedEvent, pos: Pos, hash: bool) -> SourcedEvent {
 /// line with the canonical encoding (so a change the parser would forgive, like hex case, is seen).
 pub fn parse_line(line: &[u8], pos: Pos, check: bool) -> Entry {
     if line.starts_with(b"{\"pin\"") {
+        if let Some(pin) = crate::fastline::parse_pin(line) {
+            return Entry::Pin(pin, pos);
+        }
         return match serde_json::from_slice::<PinLine>(line) {
             Ok(p) => {
                 if check && serde_json::to_vec(&p).ok().as_deref() != Some(line) {
@@ -137,6 +140,15 @@ pub fn parse_line(line: &[u8], pos: Pos, check: bool) -> Entry {
             }
             Err(e) => unreadable(line, pos, format!("invalid pin line: {e}")),
         };
+    }
+    // Nearly every line is canonical: read it without the general path's three passes.
+    if let Some(fast) = crate::fastline::parse_event(line, check) {
+        return Entry::Event(SourcedEvent {
+            event: fast.event,
+            pos,
+            computed: fast.computed,
+            canonical: true,
+        });
     }
     match serde_json::from_slice::<RecordedEvent>(line) {
         Ok(event) => {

@@ -1,7 +1,7 @@
 //! The auditor's tool: history, state at any point, verify, rebuild, export.
 //!
-//! Every command reads through a [`source::HistorySource`] (the embedded SQLite ledger or an export
-//! file; DynamoDB later) and decodes payloads only through `RecordedEvent::decode`, so older
+//! Every command reads through a [`source::HistorySource`] (the embedded SQLite ledger, an export
+//! file, or with the `dynamodb` feature a DynamoDB events table) and decodes payloads only through `RecordedEvent::decode`, so older
 //! schemas are upcast in one place. Nothing here calls a reactor: a rebuild never re-notifies.
 //!
 //! Embedding (as `jobledger replay`): flatten [`cli::SourceArgs`] and nest [`cli::ReplayCommand`]
@@ -9,9 +9,13 @@
 
 pub mod cli;
 pub mod drive;
+#[cfg(feature = "dynamodb")]
+pub mod dynamo_source;
+pub mod fastline;
 pub mod format;
 pub mod history;
 pub mod source;
+pub mod sqlite_scan;
 pub mod synth;
 pub mod transfer;
 pub mod verify;

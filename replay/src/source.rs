@@ -1,16 +1,19 @@
 //! Where histories are read from: the embedded SQLite ledger or an export file; DynamoDB plugs in
-//! through the same [`HistorySource`] trait (Query by job; parallel Scan by segments).
+//! through the same [`HistorySource`] trait (Query by job; parallel Scan by segments). Full scans
+//! can be split in parts of whole jobs, read and folded on every core.
 //!
 //! Every source hands out [`Entry`]s: readable events, head pins and unreadable items, so a damaged
 //! ledger is reported rather than aborting the read. Payloads are decoded (and upcast) only through
 //! `RecordedEvent::decode` by the consumers.
 
+use std::fs::File;
 use std::future::Future;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use jobledger_events::{ChangeFeed, EventStore, JobId, SqliteEventStore, StoreError};
+use jobledger_events::{EventStore, JobId, SqliteEventStore, StoreError};
 use tokio::sync::mpsc;
 
 use crate::format::{Entry, Pos, next_line, open_reader, parse_line, sourced};
@@ -65,6 +68,20 @@ pub trait HistorySource: Send + Sync {
     /// task of its own. With `check` the reader also recomputes hashes (spreading the work on two
     /// cores). The reader stores its position (out of [`HistorySource::extent`]) in `position`.
     fn scan(&self, check: bool, position: Arc<AtomicU64>) -> Result<Feed, SourceError>;
+
+    /// Every entry like [`HistorySource::scan`], split over at most `parts` feeds filled at once,
+    /// each holding whole jobs (so each can go to a consumer of its own). Within a feed, entries
+    /// are ordered as in `scan` (grouped by job when [`HistorySource::grouped`]). By default one
+    /// feed: the source cannot split.
+    fn scan_parts(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+    ) -> Result<Vec<Feed>, SourceError> {
+        let _ = parts;
+        Ok(vec![self.scan(check, position)?])
+    }
 }
 
 /// The embedded ledger `<data-dir>/ledger.sqlite3`, read through the public store API.
@@ -103,9 +120,6 @@ impl SqliteSource {
     }
 }
 
-/// Feed page size: big pages amortise the query, small enough to keep memory flat.
-const PAGE: usize = 4096;
-
 impl HistorySource for SqliteSource {
     fn describe(&self) -> String {
         format!("ledger {}", self.path.display())
@@ -115,8 +129,9 @@ impl HistorySource for SqliteSource {
         false
     }
 
+    /// Scans read the table in key order: each job's events together.
     fn grouped(&self) -> bool {
-        false
+        true
     }
 
     async fn job(&self, job_id: JobId, check: bool) -> Result<Vec<Entry>, SourceError> {
@@ -137,118 +152,29 @@ impl HistorySource for SqliteSource {
         }
     }
 
+    /// The last feed position: about the number of events, which a scan counts.
     async fn extent(&self) -> Result<u64, SourceError> {
-        // The last seq, found by bisection with one-row reads: the feed API has no count.
-        let (mut lo, mut hi) = (0u64, 1u64);
-        while !self
-            .store
-            .read_after(hi, 1)
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || crate::sqlite_scan::extent(&path))
             .await
-            .map(|r| r.is_empty())
-            .unwrap_or(false)
-        {
-            lo = hi;
-            hi = hi.saturating_mul(2);
-            if hi == u64::MAX / 2 {
-                break;
-            }
-        }
-        // Invariant: something after `lo` (or lo = 0), nothing after `hi`.
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            match self.store.read_after(mid, 1).await {
-                Ok(rows) if rows.is_empty() => hi = mid,
-                _ => lo = mid,
-            }
-        }
-        Ok(hi)
+            .map_err(|e| SourceError::Unavailable(format!("reader thread failed: {e}")))?
     }
 
     fn scan(&self, check: bool, position: Arc<AtomicU64>) -> Result<Feed, SourceError> {
-        let (tx, rx) = mpsc::channel(4);
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = scan_feed(&store, check, &tx, &position).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok(rx)
+        let mut feeds = crate::sqlite_scan::scan_parts(&self.path, check, 1, position)?;
+        feeds
+            .pop()
+            .ok_or_else(|| SourceError::Unavailable("no reader started".into()))
     }
-}
 
-/// Reads the whole feed in seq order. A corrupt row fails its whole page, so the reader then walks
-/// row by row to report the row and step over it.
-async fn scan_feed(
-    store: &SqliteEventStore,
-    check: bool,
-    tx: &mpsc::Sender<Result<Vec<Entry>, SourceError>>,
-    position: &AtomicU64,
-) -> Result<(), SourceError> {
-    let mut seq = 0u64;
-    let mut single_rows = 0usize;
-    loop {
-        let limit = if single_rows > 0 { 1 } else { PAGE };
-        match store.read_after(seq, limit).await {
-            Ok(rows) => {
-                let Some(last) = rows.last() else {
-                    return Ok(());
-                };
-                seq = last.seq;
-                position.store(seq, Ordering::Relaxed);
-                single_rows = single_rows.saturating_sub(1);
-                let batch = rows
-                    .into_iter()
-                    .map(|f| Entry::Event(sourced(f.event, Pos::Seq(f.seq), check)))
-                    .collect();
-                if tx.send(Ok(batch)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Err(StoreError::Corrupt {
-                job_id,
-                version,
-                reason,
-            }) if single_rows == 0 => {
-                // Find the bad row one row at a time; `reason` is seen again there.
-                let _ = (job_id, version, reason);
-                single_rows = PAGE;
-            }
-            Err(StoreError::Corrupt {
-                job_id,
-                version,
-                reason,
-            }) => {
-                let entry = Entry::Unreadable {
-                    pos: Pos::Seq(seq + 1),
-                    job_id: job_id.parse().ok(),
-                    version,
-                    reason,
-                };
-                if tx.send(Ok(vec![entry])).await.is_err() {
-                    return Ok(());
-                }
-                seq = skip_corrupt(store, seq).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    fn scan_parts(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+    ) -> Result<Vec<Feed>, SourceError> {
+        crate::sqlite_scan::scan_parts(&self.path, check, parts, position)
     }
-}
-
-/// The seq just before the next readable row after a corrupt one at `seq + 1`.
-async fn skip_corrupt(store: &SqliteEventStore, seq: u64) -> Result<u64, SourceError> {
-    // Seqs are dense in practice, so the next readable row is found within a few probes.
-    for k in 1..=1024u64 {
-        match store.read_after(seq + k, 1).await {
-            Ok(rows) => {
-                return Ok(rows.first().map_or(seq + k, |r| r.seq - 1));
-            }
-            Err(StoreError::Corrupt { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(SourceError::Unavailable(format!(
-        "more than 1024 unreadable rows after seq {seq}"
-    )))
 }
 
 /// An export file (`.jsonl` or `.jsonl.zst`), read line by line on a thread of its own.
@@ -309,6 +235,147 @@ impl FileSource {
     }
 }
 
+/// Bytes of whole jobs handed to one parser at a time.
+const CHUNK: usize = 256 * 1024;
+
+/// Consecutive lines of an export file, ending after a pin (or at the end of the file).
+struct Chunk {
+    /// The line number of the first line.
+    first_line: u64,
+    bytes: Vec<u8>,
+}
+
+impl Chunk {
+    /// Parses every line, handing batches to `f`; false once `f` refused one.
+    fn parse(&self, check: bool, mut f: impl FnMut(Vec<Entry>) -> bool) -> bool {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', &self.bytes).chain(
+            // A last line without its newline.
+            (self.bytes.last().is_some_and(|&b| b != b'\n')).then_some(self.bytes.len()),
+        );
+        for (n, end) in (self.first_line..).zip(ends) {
+            batch.push(parse_line(&self.bytes[start..end], Pos::Line(n), check));
+            start = end + 1;
+            if batch.len() == BATCH && !f(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+            {
+                return false;
+            }
+        }
+        batch.is_empty() || f(batch)
+    }
+}
+
+impl FileSource {
+    /// Cuts the file into chunks of whole jobs (just after a pin line) and deals them out in
+    /// turn. Reads big blocks straight into the chunk: one copy of each byte, no per-line work.
+    fn split(
+        &self,
+        position: &Arc<AtomicU64>,
+        parsers: &[std::sync::mpsc::SyncSender<Chunk>],
+    ) -> Result<(), SourceError> {
+        let mut reader = open_block_reader(&self.path, position).map_err(|e| self.io(e))?;
+        let mut chunk = Chunk {
+            first_line: 1,
+            bytes: Vec::with_capacity(2 * CHUNK),
+        };
+        let mut eof = false;
+        for turn in (0..parsers.len()).cycle() {
+            // Fill to a chunk's size, then cut after the last complete pin line (or at the end).
+            let cut = loop {
+                if !eof && chunk.bytes.len() < CHUNK {
+                    let want = (CHUNK - chunk.bytes.len()) as u64;
+                    let read = (&mut reader)
+                        .take(want)
+                        .read_to_end(&mut chunk.bytes)
+                        .map_err(|e| self.io(e))?;
+                    eof = read == 0;
+                    continue;
+                }
+                if eof {
+                    break chunk.bytes.len();
+                }
+                match last_pin_end(&chunk.bytes) {
+                    Some(cut) => break cut,
+                    // No whole job yet: read on.
+                    None => {
+                        let want = CHUNK as u64;
+                        let read = (&mut reader)
+                            .take(want)
+                            .read_to_end(&mut chunk.bytes)
+                            .map_err(|e| self.io(e))?;
+                        eof = read == 0;
+                    }
+                }
+            };
+            if cut == 0 {
+                return Ok(());
+            }
+            let lines = memchr::memchr_iter(b'\n', &chunk.bytes[..cut]).count() as u64;
+            let mut rest = Vec::with_capacity(2 * CHUNK);
+            rest.extend_from_slice(&chunk.bytes[cut..]);
+            chunk.bytes.truncate(cut);
+            let next = Chunk {
+                first_line: chunk.first_line + lines,
+                bytes: rest,
+            };
+            if parsers[turn]
+                .send(std::mem::replace(&mut chunk, next))
+                .is_err()
+            {
+                // A consumer stopped (it reports its own error).
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Just past the newline ending the last complete pin line of `bytes`, if there is one.
+fn last_pin_end(bytes: &[u8]) -> Option<usize> {
+    let finder = memchr::memmem::FinderRev::new(b"\n{\"pin\"");
+    let mut end = bytes.len();
+    while let Some(start) = finder.rfind(&bytes[..end]) {
+        if let Some(nl) = memchr::memchr(b'\n', &bytes[start + 1..]) {
+            return Some(start + 1 + nl + 1);
+        }
+        end = start;
+    }
+    None
+}
+
+/// A reader of an export's lines in big blocks: the file itself (no buffer in between) or its
+/// zstd decoder. `position` follows the bytes of the file read.
+fn open_block_reader(
+    path: &Path,
+    position: &Arc<AtomicU64>,
+) -> std::io::Result<Box<dyn Read + Send>> {
+    let mut magic = [0u8; 4];
+    let n = File::open(path)?.read(&mut magic)?;
+    if crate::format::is_zstd(path) || magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
+        return Ok(Box::new(open_reader(path, Some(Arc::clone(position)))?));
+    }
+    Ok(Box::new(CountingFile {
+        file: File::open(path)?,
+        position: Arc::clone(position),
+    }))
+}
+
+/// A file that counts the bytes read from it.
+struct CountingFile {
+    file: File,
+    position: Arc<AtomicU64>,
+}
+
+impl Read for CountingFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.position
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 impl HistorySource for FileSource {
     fn describe(&self) -> String {
         format!("export {}", self.path.display())
@@ -352,6 +419,49 @@ impl HistorySource for FileSource {
             .map_err(|e| self.io(e))
     }
 
+    fn scan_parts(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+    ) -> Result<Vec<Feed>, SourceError> {
+        if parts <= 1 {
+            return Ok(vec![self.scan(check, position)?]);
+        }
+        let mut feeds = Vec::with_capacity(parts);
+        let mut chunk_txs = Vec::with_capacity(parts);
+        let mut error_tx = None;
+        for i in 0..parts {
+            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+            let (tx, rx) = mpsc::channel(4);
+            error_tx.get_or_insert_with(|| tx.clone());
+            std::thread::Builder::new()
+                .name(format!("replay-parse-{i}"))
+                .spawn(move || {
+                    for chunk in chunk_rx {
+                        if !chunk.parse(check, |batch| tx.blocking_send(Ok(batch)).is_ok()) {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| self.io(e))?;
+            feeds.push(rx);
+            chunk_txs.push(chunk_tx);
+        }
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("replay-split".into())
+            .spawn(move || {
+                if let Err(e) = this.split(&position, &chunk_txs)
+                    && let Some(tx) = error_tx
+                {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            })
+            .map_err(|e| self.io(e))?;
+        Ok(feeds)
+    }
+
     fn scan(&self, check: bool, position: Arc<AtomicU64>) -> Result<Feed, SourceError> {
         let (tx, rx) = mpsc::channel(4);
         let this = self.clone();
@@ -377,6 +487,9 @@ pub enum AnySource {
     Sqlite(SqliteSource),
     /// An export file.
     File(FileSource),
+    /// A DynamoDB events table.
+    #[cfg(feature = "dynamodb")]
+    Dynamo(crate::dynamo_source::DynamoSource),
 }
 
 impl HistorySource for AnySource {
@@ -384,6 +497,8 @@ impl HistorySource for AnySource {
         match self {
             AnySource::Sqlite(s) => s.describe(),
             AnySource::File(s) => s.describe(),
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.describe(),
         }
     }
 
@@ -392,13 +507,15 @@ impl HistorySource for AnySource {
     }
 
     fn grouped(&self) -> bool {
-        matches!(self, AnySource::File(_))
+        true
     }
 
     async fn job(&self, job_id: JobId, check: bool) -> Result<Vec<Entry>, SourceError> {
         match self {
             AnySource::Sqlite(s) => s.job(job_id, check).await,
             AnySource::File(s) => s.job(job_id, check).await,
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.job(job_id, check).await,
         }
     }
 
@@ -406,6 +523,8 @@ impl HistorySource for AnySource {
         match self {
             AnySource::Sqlite(s) => s.extent().await,
             AnySource::File(s) => s.extent().await,
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.extent().await,
         }
     }
 
@@ -413,6 +532,22 @@ impl HistorySource for AnySource {
         match self {
             AnySource::Sqlite(s) => s.scan(check, position),
             AnySource::File(s) => s.scan(check, position),
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.scan(check, position),
+        }
+    }
+
+    fn scan_parts(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+    ) -> Result<Vec<Feed>, SourceError> {
+        match self {
+            AnySource::Sqlite(s) => s.scan_parts(check, parts, position),
+            AnySource::File(s) => s.scan_parts(check, parts, position),
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.scan_parts(check, parts, position),
         }
     }
 }

@@ -307,7 +307,9 @@ impl Verifier {
         version: Option<u64>,
         reason: String,
     ) {
-        let owner = job_id.or(self.current);
+        // In a file, a line that names no job belongs to the job around it; a store's rows have
+        // no neighbours to belong to.
+        let owner = job_id.or(if self.pins { self.current } else { None });
         if let Some(id) = job_id {
             self.switch_to(id, pos, version);
         }
@@ -340,7 +342,10 @@ impl Verifier {
             }
             return;
         };
-        self.closed.insert(job_id);
+        // Only an export file can repeat a job after its pin; a store's keys cannot.
+        if self.pins {
+            self.closed.insert(job_id);
+        }
         self.end_of_job(&check, pos);
         if self.pins {
             match pin {
@@ -383,7 +388,12 @@ impl Verifier {
     }
 
     /// Ends the stream and returns the report.
-    pub fn finish(mut self) -> VerifyReport {
+    pub fn finish(self) -> VerifyReport {
+        self.finish_keeping_jobs().0
+    }
+
+    /// Ends the stream; also returns the jobs closed by their pin (export files).
+    fn finish_keeping_jobs(mut self) -> (VerifyReport, HashSet<JobId>) {
         if let Some(current) = self.current.take() {
             self.close(current, None, Pos::None);
         }
@@ -392,7 +402,46 @@ impl Verifier {
         for check in rest {
             self.end_of_job(&check, Pos::None);
         }
-        self.report
+        (self.report, self.closed)
+    }
+
+    /// Ends the streams of the parts of one split scan and merges their reports: a job found in
+    /// two parts breaks `job contiguity`; findings come in source order.
+    pub fn finish_parts(parts: Vec<Verifier>) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        let mut seen: HashSet<JobId> = HashSet::new();
+        let mut repeated = Vec::new();
+        for part in parts {
+            let (r, closed) = part.finish_keeping_jobs();
+            for id in closed {
+                if !seen.insert(id) {
+                    repeated.push(id);
+                }
+            }
+            report.events += r.events;
+            report.jobs += r.jobs;
+            report.total_findings += r.total_findings;
+            report.results_checked += r.results_checked;
+            report.results_unreachable += r.results_unreachable;
+            report.findings.extend(r.findings);
+        }
+        repeated.sort();
+        for id in repeated {
+            report.total_findings += 1;
+            report.findings.push(Finding {
+                job_id: Some(id),
+                version: None,
+                rule: rules::CONTIGUOUS,
+                detail: "the job's events appear in two places, each closed by a pin".into(),
+                pos: Pos::None,
+            });
+        }
+        report.findings.sort_by_key(|f| match f.pos {
+            Pos::Line(n) | Pos::Seq(n) => n,
+            Pos::None => u64::MAX,
+        });
+        report.findings.truncate(MAX_KEPT);
+        report
     }
 }
 
@@ -786,9 +835,18 @@ pub async fn verify_source<S: crate::source::HistorySource>(
             .map_err(|e| crate::source::SourceError::Unavailable(format!("verifier failed: {e}")))
         }
         None => {
-            let v = Verifier::new(src.has_pins(), src.grouped());
-            let v = crate::drive::drive(src, true, show, "verify", v, |v, e| v.entry(e)).await?;
-            Ok(v.finish())
+            let (pins, grouped) = (src.has_pins(), src.grouped());
+            let parts = crate::drive::drive_parts(
+                src,
+                true,
+                show,
+                "verify",
+                crate::drive::default_parts(),
+                || Verifier::new(pins, grouped),
+                |v, e| v.entry(e),
+            )
+            .await?;
+            Ok(Verifier::finish_parts(parts))
         }
     }
 }

@@ -7,9 +7,12 @@ use jobledger_projections::{JobView, Period, Stats, StatsBuilder, ViewStore};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::drive::drive;
+use crate::drive::{default_parts, drive_parts};
 use crate::format::Entry;
 use crate::source::{HistorySource, SourceError};
+
+/// Views written per transaction by `rebuild`: one commit (one fsync) per batch, not per job.
+const WRITE_BATCH: usize = 1024;
 
 /// Problems met while folding (the damaged job's view stops before the damage).
 const MAX_ERRORS_KEPT: usize = 1000;
@@ -152,15 +155,39 @@ pub async fn fold_views<S: HistorySource>(
     what: &str,
     tx: mpsc::Sender<JobView>,
 ) -> Result<FoldSummary, SourceError> {
-    let folder = ViewFolder::new(src.grouped(), move |view| {
-        // The receiver only goes away on an error it reports itself.
-        let _ = tx.blocking_send(view);
-    });
-    let folder = drive(src, false, show, what, folder, |f, entry| f.entry(entry)).await?;
+    let grouped = src.grouped();
+    let folders = drive_parts(
+        src,
+        false,
+        show,
+        what,
+        default_parts(),
+        || {
+            let tx = tx.clone();
+            ViewFolder::new(grouped, move |view| {
+                // The receiver only goes away on an error it reports itself.
+                let _ = tx.blocking_send(view);
+            })
+        },
+        |f, entry| f.entry(entry),
+    )
+    .await?;
+    drop(tx);
     // Finishing hands out the last views with blocking sends: not on the async runtime.
-    tokio::task::spawn_blocking(move || folder.finish())
-        .await
-        .map_err(|e| SourceError::Unavailable(format!("fold failed: {e}")))
+    tokio::task::spawn_blocking(move || {
+        let mut total = FoldSummary::default();
+        for folder in folders {
+            let s = folder.finish();
+            total.events += s.events;
+            total.jobs += s.jobs;
+            total.error_count += s.error_count;
+            let room = MAX_ERRORS_KEPT.saturating_sub(total.errors.len());
+            total.errors.extend(s.errors.into_iter().take(room));
+        }
+        total
+    })
+    .await
+    .map_err(|e| SourceError::Unavailable(format!("fold failed: {e}")))
 }
 
 /// `stats` over a period, folded straight from the ledger.
@@ -171,7 +198,7 @@ pub async fn stats<S: HistorySource>(
 ) -> anyhow::Result<(Stats, FoldSummary)> {
     let (tx, mut rx) = mpsc::channel::<JobView>(1024);
     let collect = tokio::spawn(async move {
-        let mut builder = StatsBuilder::new(period);
+        let mut builder = OrderedStats::new(period);
         while let Some(view) = rx.recv().await {
             builder.add(&view);
         }
@@ -180,6 +207,39 @@ pub async fn stats<S: HistorySource>(
     let summary = fold_views(src, show, "stats", tx).await?;
     let stats = collect.await?;
     Ok((stats, summary))
+}
+
+/// Stats of views that arrive in any order (a split scan folds parts at once), equal to the
+/// stats of the same views in job id order: a float sum depends on its order, so costs are kept
+/// (16 + 8 bytes a job, like the durations the builder keeps) and summed in job id order.
+struct OrderedStats {
+    builder: StatsBuilder,
+    period: Period,
+    costs: Vec<(JobId, f64)>,
+}
+
+impl OrderedStats {
+    fn new(period: Period) -> Self {
+        OrderedStats {
+            builder: StatsBuilder::new(period),
+            period,
+            costs: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, view: &JobView) {
+        self.builder.add(view);
+        if self.period.contains(view.created_at) {
+            self.costs.push((view.job_id, view.cost_usd));
+        }
+    }
+
+    fn finish(mut self) -> Stats {
+        let mut stats = self.builder.finish();
+        self.costs.sort_unstable_by_key(|(id, _)| *id);
+        stats.total_cost_usd = self.costs.iter().fold(0.0, |sum, (_, c)| sum + c);
+        stats
+    }
 }
 
 /// Which read models `rebuild` recomputes.
@@ -262,11 +322,12 @@ where
         views.clear().await?;
     }
     let sink = tokio::spawn(async move {
-        let mut builder = StatsBuilder::new(Period::ALL);
+        let mut builder = OrderedStats::new(Period::ALL);
         let mut written = 0u64;
         let mut diffs = Vec::new();
         let mut diff_count = 0u64;
         let mut seen = HashSet::new();
+        let mut pending = Vec::with_capacity(WRITE_BATCH);
         while let Some(view) = rx.recv().await {
             builder.add(&view);
             if dry_run {
@@ -292,9 +353,16 @@ where
                         }
                     }
                 }
-            } else if write_jobs && store.upsert(&view).await? {
-                written += 1;
+            } else if write_jobs {
+                pending.push(view);
+                if pending.len() == WRITE_BATCH {
+                    written += store.upsert_many(&pending).await? as u64;
+                    pending.clear();
+                }
             }
+        }
+        if !pending.is_empty() {
+            written += store.upsert_many(&pending).await? as u64;
         }
         if dry_run && write_jobs {
             // Views of jobs the ledger does not have, walked page by page.

@@ -52,6 +52,8 @@ fn data_dir(dir: &Path) -> SourceArgs {
     SourceArgs {
         data_dir: dir.to_path_buf(),
         from: None,
+        dynamodb_table: None,
+        dynamodb_segments: 4,
     }
 }
 
@@ -358,6 +360,8 @@ async fn export_and_import_round_trip_byte_for_byte_and_verify_on_both_sides() {
     let source = SourceArgs {
         data_dir: dir.path().to_path_buf(),
         from: Some(original.clone()),
+        dynamodb_table: None,
+        dynamodb_segments: 4,
     };
     let cmd = ReplayCommand::Export {
         job: Some(jobs[7][0].job_id),
@@ -575,6 +579,8 @@ async fn an_old_schema_event_is_read_through_the_upcaster_everywhere() {
     let src = SourceArgs {
         data_dir: dir.path().to_path_buf(),
         from: Some(file.clone()),
+        dynamodb_table: None,
+        dynamodb_segments: 4,
     };
     let job = jobs[0][0].job_id;
     for cmd in [

@@ -14,6 +14,8 @@ deletion_protection = false # dev ledgers are throw-away; prod keeps the default
 worker_cpu              = 512
 worker_memory_mb        = 1024
 worker_cpu_architecture = "ARM64"
+# The default VPC has public subnets only: without a public IP a task cannot pull its image.
+worker_assign_public_ip = true
 ai_backend              = "builtin"
 container_insights      = false
 

@@ -287,10 +287,25 @@ pub struct WorkerEnv {
     /// `ATTEMPT` (1, 2, …).
     pub attempt: u32,
     /// `JOBLEDGER_DATA_DIR`: ledger at `<dir>/ledger.sqlite3`, objects under `<dir>/objects`.
+    /// On AWS (`aws` set) only scratch space, default [`AWS_SCRATCH_DIR`].
     pub data_dir: PathBuf,
+    /// On AWS: the DynamoDB ledger and the S3 bucket, instead of the files under `data_dir`.
+    pub aws: Option<AwsStorage>,
     /// The rest, from optional `WORKER_*` variables.
     pub config: WorkerConfig,
 }
+
+/// Where the worker's ledger and objects are on AWS (the ECS task's environment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AwsStorage {
+    /// `EVENTS_TABLE`: the DynamoDB events table.
+    pub events_table: String,
+    /// `RESULTS_BUCKET`: results, checkpoints and offloaded event payloads.
+    pub results_bucket: String,
+}
+
+/// Scratch space of a worker on AWS: the task's only writable path is `/tmp`.
+pub const AWS_SCRATCH_DIR: &str = "/tmp/jobledger";
 
 fn parse<T: FromStr>(name: &'static str, value: String, expected: &str) -> Result<T, ConfigError>
 where
@@ -311,7 +326,8 @@ impl WorkerEnv {
 
     /// Reads variables through `get` (tests pass a map).
     ///
-    /// Required: `JOB_ID` (UUID), `ATTEMPT` (≥ 1), `JOBLEDGER_DATA_DIR`. Optional: `WORKER_ID`
+    /// Required: `JOB_ID` (UUID), `ATTEMPT` (≥ 1), and either `JOBLEDGER_DATA_DIR` (local files)
+    /// or `EVENTS_TABLE` + `RESULTS_BUCKET` (DynamoDB and S3, on AWS). Optional: `WORKER_ID`
     /// (default `<HOSTNAME>-<pid>`), `WORKER_CONCURRENCY`, `WORKER_PROGRESS_EVERY_ITEMS`,
     /// `WORKER_PROGRESS_EVERY_S`, `WORKER_MAX_ITEM_BYTES`, `WORKER_VCPU`, `WORKER_MEMORY_MB`,
     /// `WORKER_CAPACITY` (`FARGATE_SPOT`, `FARGATE`, `local`), `WORKER_CPU_ARCHITECTURE`
@@ -341,10 +357,32 @@ impl WorkerEnv {
                 reason: "attempts start at 1".into(),
             });
         }
-        let data_dir = PathBuf::from(required(
-            "JOBLEDGER_DATA_DIR",
-            "the folder holding ledger.sqlite3 and objects/",
-        )?);
+        // EVENTS_TABLE selects the AWS storage; without it the ledger is a local file.
+        let aws = match get("EVENTS_TABLE").filter(|v| !v.trim().is_empty()) {
+            Some(events_table) => Some(AwsStorage {
+                events_table: events_table.trim().to_string(),
+                results_bucket: required(
+                    "RESULTS_BUCKET",
+                    "the S3 bucket for results, checkpoints and payloads (with EVENTS_TABLE)",
+                )?
+                .trim()
+                .to_string(),
+            }),
+            None => None,
+        };
+        let data_dir = match (
+            &aws,
+            get("JOBLEDGER_DATA_DIR").filter(|v| !v.trim().is_empty()),
+        ) {
+            (_, Some(dir)) => PathBuf::from(dir),
+            (Some(_), None) => PathBuf::from(AWS_SCRATCH_DIR),
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "JOBLEDGER_DATA_DIR",
+                    "the folder holding ledger.sqlite3 and objects/ (or set EVENTS_TABLE)",
+                ));
+            }
+        };
 
         let mut config = WorkerConfig {
             worker_id: get("WORKER_ID")
@@ -423,6 +461,7 @@ impl WorkerEnv {
             job_id,
             attempt,
             data_dir,
+            aws,
             config,
         })
     }
@@ -504,6 +543,38 @@ mod tests {
             err.to_string()
                 .contains("expected FARGATE_SPOT, FARGATE or local")
         );
+    }
+
+    #[test]
+    fn on_ecs_the_events_table_and_bucket_replace_the_data_dir() {
+        let e = env(&[
+            ("JOB_ID", JOB),
+            ("ATTEMPT", "1"),
+            ("EVENTS_TABLE", "jl-events"),
+            ("RESULTS_BUCKET", "jl-results"),
+        ])
+        .expect("the ECS task's environment");
+        assert_eq!(
+            e.aws,
+            Some(AwsStorage {
+                events_table: "jl-events".into(),
+                results_bucket: "jl-results".into(),
+            })
+        );
+        assert_eq!(e.data_dir, PathBuf::from(AWS_SCRATCH_DIR));
+        let err = env(&[("JOB_ID", JOB), ("ATTEMPT", "1"), ("EVENTS_TABLE", "t")])
+            .expect_err("a table without a bucket");
+        assert!(
+            matches!(err, ConfigError::Missing("RESULTS_BUCKET", _)),
+            "{err}"
+        );
+        let local = env(&[
+            ("JOB_ID", JOB),
+            ("ATTEMPT", "1"),
+            ("JOBLEDGER_DATA_DIR", "/d"),
+        ])
+        .expect("local environment");
+        assert_eq!(local.aws, None);
     }
 
     #[test]

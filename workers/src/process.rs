@@ -1,6 +1,7 @@
 //! The worker process: one attempt of one job, as ECS or `jobledger dev` starts it.
 //!
-//! Environment: `JOB_ID`, `ATTEMPT`, `JOBLEDGER_DATA_DIR` (local ledger and objects); optional
+//! Environment: `JOB_ID`, `ATTEMPT`, and `JOBLEDGER_DATA_DIR` (local ledger and objects) or, on
+//! ECS, `EVENTS_TABLE` + `RESULTS_BUCKET` (DynamoDB ledger, S3 objects; feature `aws`); optional
 //! `WORKER_*` settings (see `WorkerEnv::from_lookup`). SIGTERM or Ctrl-C checkpoints and stops.
 //! Exit status: 0 when the attempt ended cleanly (succeeded, cancelled, interrupted, refused),
 //! 1 when it failed, 2 when the environment is unusable.
@@ -37,11 +38,20 @@ pub async fn main_from_env() -> ExitCode {
 }
 
 async fn run(env: WorkerEnv) -> anyhow::Result<AttemptOutcome> {
+    if let Some(aws) = &env.aws {
+        return run_on_aws(&env, aws).await;
+    }
     let ledger = env.data_dir.join("ledger.sqlite3");
     let store = SqliteEventStore::open(&ledger)
         .with_context(|| format!("opening the ledger {}", ledger.display()))?;
     let objects =
         FsObjectStore::new(env.data_dir.join("objects")).context("opening the object store")?;
+    let rx = stop_requests();
+    Ok(run_attempt(&store, &objects, env.job_id, env.attempt, &env.config, rx).await?)
+}
+
+/// Stop requests (SIGTERM, Ctrl-C) as the watch channel the runtime polls.
+fn stop_requests() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     let signal = stop_signal();
     tokio::spawn(async move {
@@ -49,7 +59,45 @@ async fn run(env: WorkerEnv) -> anyhow::Result<AttemptOutcome> {
         tracing::info!("stop signal received");
         tx.send_replace(true);
     });
+    rx
+}
+
+/// The ECS task: the DynamoDB ledger and the S3 bucket the task's environment names.
+#[cfg(feature = "aws")]
+async fn run_on_aws(
+    env: &WorkerEnv,
+    aws: &crate::config::AwsStorage,
+) -> anyhow::Result<AttemptOutcome> {
+    use jobledger_events::{DynamoEventStore, EventsTables};
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    // Path-style addressing when an endpoint is overridden (moto, MinIO need it).
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(sdk.endpoint_url().is_some())
+            .build(),
+    );
+    // No idempotency table: a worker claims no idempotency keys.
+    let tables = EventsTables {
+        events: aws.events_table.clone(),
+        idempotency: None,
+        payload_bucket: Some(aws.results_bucket.clone()),
+    };
+    let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), s3.clone(), tables);
+    let objects = crate::s3::S3ObjectStore::new(s3, aws.results_bucket.clone());
+    let rx = stop_requests();
     Ok(run_attempt(&store, &objects, env.job_id, env.attempt, &env.config, rx).await?)
+}
+
+/// Without the `aws` feature the worker cannot reach DynamoDB: say so rather than run locally.
+#[cfg(not(feature = "aws"))]
+async fn run_on_aws(
+    _env: &WorkerEnv,
+    aws: &crate::config::AwsStorage,
+) -> anyhow::Result<AttemptOutcome> {
+    anyhow::bail!(
+        "EVENTS_TABLE={} is set, but this worker was built without the `aws` feature",
+        aws.events_table
+    )
 }
 
 /// Resolves on SIGTERM (ECS stop, Spot reclaim) or SIGINT (Ctrl-C).

@@ -187,7 +187,7 @@ pub async fn run_attempt_with<S: EventStore, O: ObjectStore, B: Backend>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<AttemptOutcome, WorkerError> {
     let started = Instant::now();
-    let mut ctx = CommandContext::new(format!("worker:{}", cfg.worker_id), Utc::now());
+    let mut ctx = CommandContext::continuing(format!("worker:{}", cfg.worker_id), Utc::now());
     let claim = Command::StartAttempt {
         attempt,
         worker: cfg.worker_id.clone(),
@@ -203,6 +203,7 @@ pub async fn run_attempt_with<S: EventStore, O: ObjectStore, B: Backend>(
         Err(e) => return Err(e.into()),
     };
     if let Some(e) = claimed.events.first() {
+        ctx.correlation_id = e.correlation_id.clone();
         ctx.causation_id = e.event_id.to_string();
     }
     tracing::info!(%job_id, attempt, backend = backend.name(), "attempt started");

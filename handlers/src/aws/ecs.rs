@@ -83,12 +83,24 @@ pub fn classify(failures: &[Failure]) -> RunFailure {
 pub struct EcsTaskLauncher {
     client: Client,
     config: EcsConfig,
+    public_ip: bool,
 }
 
 impl EcsTaskLauncher {
-    /// A launcher for `config`'s cluster and task definition.
+    /// A launcher for `config`'s cluster and task definition; tasks get no public IP.
     pub fn new(client: Client, config: EcsConfig) -> Self {
-        EcsTaskLauncher { client, config }
+        EcsTaskLauncher {
+            client,
+            config,
+            public_ip: false,
+        }
+    }
+
+    /// Gives each task a public IP: tasks in public subnets (no NAT gateway) need one to pull
+    /// the image and reach AWS APIs.
+    pub fn with_public_ip(mut self, public_ip: bool) -> Self {
+        self.public_ip = public_ip;
+        self
     }
 
     /// The `clientToken` of an attempt's first `RunTask`.
@@ -115,7 +127,11 @@ impl EcsTaskLauncher {
         let vpc = AwsVpcConfiguration::builder()
             .set_subnets(Some(self.config.subnets.clone()))
             .set_security_groups(Some(self.config.security_groups.clone()))
-            .assign_public_ip(AssignPublicIp::Disabled)
+            .assign_public_ip(if self.public_ip {
+                AssignPublicIp::Enabled
+            } else {
+                AssignPublicIp::Disabled
+            })
             .build()
             .map_err(|e| LaunchError::permanent(e.to_string()))?;
         let env =

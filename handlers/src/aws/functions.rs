@@ -125,6 +125,33 @@ pub async fn launcher<S: EventStore, Q: JobQueue, L: TaskLauncher>(
     .await
 }
 
+/// The `notifier` function (DynamoDB stream of the events table): Slack and Notion.
+pub async fn notifier<D, S, N, O>(
+    decoder: D,
+    store: S,
+    states: N,
+    objects: O,
+    notifier: crate::notify::Notifier,
+) -> Result<(), Error>
+where
+    D: ImageDecoder,
+    S: EventStore,
+    N: crate::notify::NotifyStateStore
+        + crate::notify::DeadLetterStore
+        + crate::notify::FailureCounter,
+    O: jobledger_workers::ObjectStore,
+{
+    let (decoder, store, states, objects, notifier) =
+        (&decoder, &store, &states, &objects, &notifier);
+    lambda_runtime::run(service_fn(|e: LambdaEvent<StreamEvent>| async move {
+        let (response, report) =
+            glue::notify_stream(decoder, store, states, objects, notifier, &e.payload).await;
+        tracing::debug!(?report, "notifier batch done");
+        Ok::<_, Diagnostic>(response)
+    }))
+    .await
+}
+
 /// The `sweeper` function (EventBridge: a schedule, and ECS Task State Change events).
 pub async fn sweeper<S: EventStore, V: ViewStore>(
     store: S,

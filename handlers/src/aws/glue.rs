@@ -559,3 +559,156 @@ pub async fn sweeper_event<S: EventStore, V: ViewStore, T: TimeSource + ?Sized>(
     );
     Ok(())
 }
+
+/// What the notifier glue did with one stream batch, per sink (for logs and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotifyBatchReport {
+    /// Per sink, the id of the first record it failed and will see again, if any.
+    pub stopped_at: Vec<(String, Option<String>)>,
+    /// (sink, job, version) of the records dead-lettered in this batch.
+    pub dead_lettered: Vec<(String, JobId, u64)>,
+}
+
+/// One sink over a decoded batch, in order: stops at the first record that failed and may pass on
+/// a later delivery (returning its id); a record that failed `max_tries` times, or that retrying
+/// cannot fix, is dead-lettered and the sink moves on.
+async fn notify_sink_batch<S, N, O>(
+    env: &crate::notify::NotifyEnv<'_, S, N, O>,
+    sink: &crate::notify::AnySink,
+    max_tries: u32,
+    records: &[crate::dispatch::StreamRecord],
+    report: &mut NotifyBatchReport,
+) -> Option<String>
+where
+    S: EventStore,
+    N: crate::notify::NotifyStateStore
+        + crate::notify::DeadLetterStore
+        + crate::notify::FailureCounter,
+    O: jobledger_workers::ObjectStore,
+{
+    use crate::notify::{NewDeadLetter, Sink, ViewCache, notify_one};
+    let mut cache = ViewCache::default();
+    for r in records {
+        let (job_id, version) = (r.event.job_id, r.event.version);
+        let error = match notify_one(env, sink, &mut cache, &r.event)
+            .instrument(event_span(&r.event))
+            .await
+        {
+            Ok(outcome) => {
+                tracing::debug!(sink = sink.name(), %job_id, version, ?outcome, "notified");
+                continue;
+            }
+            Err(error) => error,
+        };
+        let tries = match env
+            .states
+            .count_failure(sink.name(), r.event.job_id, r.event.version)
+            .await
+        {
+            Ok(tries) => tries,
+            Err(e) => {
+                // Without a count the record cannot be given up on safely: deliver it again.
+                tracing::warn!(sink = sink.name(), error = %e, "cannot count a failed notification");
+                return Some(r.id.clone());
+            }
+        };
+        if error.is_retryable() && tries < max_tries {
+            tracing::warn!(sink = sink.name(), %job_id, version, tries, error = %error,
+                "notification will be retried");
+            return Some(r.id.clone());
+        }
+        let letter = NewDeadLetter {
+            sink: sink.name().to_string(),
+            job_id: r.event.job_id,
+            version: r.event.version,
+            event_id: r.event.event_id,
+            seq: 0,
+            error: error.to_string(),
+            // Past `max_tries` the record is listed already (a redelivery of a batch Lambda had
+            // been told to move on from): count this one try on top.
+            tries: if tries > max_tries { 1 } else { tries },
+            failed_at: env.clock.now(),
+        };
+        if let Err(e) = env.states.add(letter).await {
+            // Moving on without the record listed would lose it.
+            tracing::warn!(sink = sink.name(), error = %e, "cannot dead-letter a notification");
+            return Some(r.id.clone());
+        }
+        tracing::error!(sink = sink.name(), %job_id, version, tries, error = %error,
+            "notification dead-lettered");
+        Emf::new("notifier", env.clock.now())
+            .dimension("Sink", sink.name())
+            .metric("NotificationsDeadLettered", 1.0, Unit::Count)
+            .property("job_id", r.event.job_id.to_string())
+            .emit();
+        report
+            .dead_lettered
+            .push((sink.name().to_string(), r.event.job_id, r.event.version));
+    }
+    None
+}
+
+/// The `notifier` Lambda: stream batch → every configured sink, each on its own.
+///
+/// Each sink goes through the batch in order and stops at its first record that failed retryably;
+/// the other sinks carry on past it. The batch item failures start at the earliest record any sink
+/// stopped at, so Lambda delivers it and every later record again: the sinks that had already
+/// delivered them skip them (their per-job state says so) and the failing one tries again. After
+/// `max_tries` failed tries (counted in the state store, across invocations) a record is
+/// dead-lettered for that sink and is no longer reported. An undecodable record is reported as the
+/// other stream glue does.
+pub async fn notify_stream<S, N, O>(
+    decoder: &impl ImageDecoder,
+    store: &S,
+    states: &N,
+    objects: &O,
+    notifier: &crate::notify::Notifier,
+    event: &StreamEvent,
+) -> (DynamoDbEventResponse, NotifyBatchReport)
+where
+    S: EventStore,
+    N: crate::notify::NotifyStateStore
+        + crate::notify::DeadLetterStore
+        + crate::notify::FailureCounter,
+    O: jobledger_workers::ObjectStore,
+{
+    use crate::notify::{NotifyEnv, Sink};
+    let batch = stream::decode(decoder, event).await;
+    let env = NotifyEnv {
+        store,
+        states,
+        objects,
+        clock: notifier.clock.as_ref(),
+        link_ttl: notifier.link_ttl,
+    };
+    let mut report = NotifyBatchReport::default();
+    for sink in &notifier.sinks {
+        let stopped = notify_sink_batch(
+            &env,
+            sink,
+            notifier.retry.max_tries,
+            &batch.records,
+            &mut report,
+        )
+        .await;
+        report.stopped_at.push((sink.name().to_string(), stopped));
+    }
+    let earliest = batch
+        .records
+        .iter()
+        .find(|r| {
+            report
+                .stopped_at
+                .iter()
+                .any(|(_, at)| at.as_deref() == Some(r.id.as_str()))
+        })
+        .map(|r| r.id.clone());
+    if let Some(id) = &earliest {
+        tracing::warn!(
+            record = id,
+            "notifications stopped at a failure; the stream will deliver it again"
+        );
+    }
+    let failed: Vec<String> = earliest.into_iter().collect();
+    (stream_response(batch.failures(&failed)), report)
+}

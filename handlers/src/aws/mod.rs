@@ -4,6 +4,7 @@
 //! Only this module and `src/bin/` know about Lambda; the cores receive decoded records.
 
 pub mod config;
+pub mod contract;
 pub mod ecs;
 pub mod functions;
 pub mod glue;
@@ -20,6 +21,15 @@ pub use sqs::SqsJobQueue;
 /// The shared SDK configuration (region, credentials, `AWS_ENDPOINT_URL`), loaded once per cold start.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// The S3 client; with an endpoint override (moto, MinIO) buckets are addressed by path, which
+/// such servers need.
+pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(sdk.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 use aws_sdk_sqs::config::http::HttpResponse;

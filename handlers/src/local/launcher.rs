@@ -25,9 +25,28 @@ pub const LAUNCH_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 /// The work an in-process task does for `(job_id, attempt)`; it reports through the ledger.
 pub type WorkFn = Arc<dyn Fn(JobId, u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// How often the launch registry drops launches older than [`LAUNCH_MEMORY`]; pruning on every
+/// launch would cost a pass over every launch of the last day each time.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The launch registry: which attempts were launched, as which task and when, and when it was
+/// last pruned.
+struct Registry {
+    tasks: HashMap<(JobId, u32), (String, Instant)>,
+    pruned_at: Instant,
+}
+
 /// Remembers which attempts were launched, and as which task.
-#[derive(Default)]
-struct Launches(Mutex<HashMap<(JobId, u32), (String, Instant)>>);
+struct Launches(Mutex<Registry>);
+
+impl Default for Launches {
+    fn default() -> Self {
+        Launches(Mutex::new(Registry {
+            tasks: HashMap::new(),
+            pruned_at: Instant::now(),
+        }))
+    }
+}
 
 impl Launches {
     fn get(&self, key: (JobId, u32)) -> Result<Option<String>, LaunchError> {
@@ -35,7 +54,11 @@ impl Launches {
             .0
             .lock()
             .map_err(|_| LaunchError::permanent("launch registry poisoned"))?;
-        Ok(map.get(&key).map(|(task, _)| task.clone()))
+        Ok(map
+            .tasks
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < LAUNCH_MEMORY)
+            .map(|(task, _)| task.clone()))
     }
 
     fn insert(&self, key: (JobId, u32), task: String) -> Result<(), LaunchError> {
@@ -44,8 +67,12 @@ impl Launches {
             .lock()
             .map_err(|_| LaunchError::permanent("launch registry poisoned"))?;
         let now = Instant::now();
-        map.retain(|_, (_, at)| now.duration_since(*at) < LAUNCH_MEMORY);
-        map.insert(key, (task, now));
+        if now.duration_since(map.pruned_at) >= PRUNE_EVERY {
+            map.tasks
+                .retain(|_, (_, at)| now.duration_since(*at) < LAUNCH_MEMORY);
+            map.pruned_at = now;
+        }
+        map.tasks.insert(key, (task, now));
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use jobledger_events::{ChangeFeed, EventStore};
 
 use crate::dispatch::{StreamRecord, dispatch_batch};
-use crate::launch::{LaunchPolicy, launch_batch};
+use crate::launch::{LaunchPolicy, MessageResult, launch_groups};
 use crate::ports::{JobQueue, QueueError, TaskLauncher, TimeSource};
 use crate::sweep::{CandidateSource, SweepPolicy, sweep};
 
@@ -42,7 +42,9 @@ impl Default for DispatcherConfig {
     fn default() -> Self {
         DispatcherConfig {
             consumer: DISPATCHER.to_string(),
-            batch_size: 100,
+            // Most feed events are not requests; a large page gives each round many jobs to share
+            // one queue transaction and the ledger's group commits.
+            batch_size: 1000,
         }
     }
 }
@@ -126,7 +128,7 @@ async fn pause_after(
 /// Settings of [`run_launcher`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LauncherConfig {
-    /// Messages per receive (1–10).
+    /// Messages per receive (at most the queue's [`JobQueue::max_receive`]: 10 on SQS).
     pub batch_size: usize,
     /// How long a received message stays hidden while it is handled; a message whose launch failed
     /// comes back after this.
@@ -148,9 +150,10 @@ impl Default for LauncherConfig {
     }
 }
 
-/// Receives work messages and launches them: messages handled are deleted, the one that stopped
-/// the batch stays hidden (until its `not_before`, or for the visibility timeout after a failure),
-/// and those after it, never tried, are returned to the queue at once.
+/// Receives work messages and launches them, different jobs concurrently (see
+/// [`launch_groups`]): messages handled are deleted in one batch, one that stopped its job's group
+/// stays hidden (until its `not_before`, or for the visibility timeout after a failure), and the
+/// group's later messages, never tried, are returned to the queue at once.
 pub async fn run_launcher<S, Q, L, T>(
     store: &S,
     queue: &Q,
@@ -170,7 +173,7 @@ pub async fn run_launcher<S, Q, L, T>(
         let step = async {
             let messages = queue
                 .receive(
-                    config.batch_size.clamp(1, 10),
+                    config.batch_size.clamp(1, queue.max_receive().max(1)),
                     config.visibility,
                     config.wait,
                 )
@@ -178,30 +181,30 @@ pub async fn run_launcher<S, Q, L, T>(
             if messages.is_empty() {
                 return Ok::<_, QueueError>(true);
             }
-            let report =
-                launch_batch(store, queue, launcher, &messages, time, &config.policy).await;
-            for m in &messages[..report.succeeded] {
-                match queue.delete(&m.receipt_handle).await {
-                    Ok(()) => {}
-                    // Delivered again meanwhile (a long launch): the next delivery is skipped by the core.
-                    Err(QueueError::InvalidReceipt) => {
-                        tracing::debug!(
-                            message_id = m.message_id,
-                            "message was delivered again before its delete"
-                        )
+            let results =
+                launch_groups(store, queue, launcher, &messages, time, &config.policy).await;
+            let mut handled = Vec::new();
+            let mut untried = Vec::new();
+            for (m, result) in messages.iter().zip(results) {
+                match result {
+                    MessageResult::Done => handled.push(m.receipt_handle.clone()),
+                    MessageResult::Untried => untried.push(m),
+                    MessageResult::Failed(error) if error.is_fault() => {
+                        tracing::warn!(message_id = m.message_id, %error, "launch failed; message kept for redelivery")
                     }
-                    Err(e) => return Err(e),
+                    MessageResult::Failed(error) => tracing::info!(%error, "launch deferred"),
                 }
             }
-            let Some(error) = report.error else {
-                return Ok(true);
-            };
-            if error.is_fault() {
-                tracing::warn!(message_id = ?report.failed_ids.first(), %error, "launch failed; message kept for redelivery");
-            } else {
-                tracing::info!(%error, "launch deferred");
+            // One transaction for the whole batch. A receipt no longer current means the message
+            // was delivered again meanwhile (a long launch): that delivery is skipped by the core.
+            let deleted = queue.delete_batch(&handled).await?;
+            if deleted < handled.len() {
+                tracing::debug!(
+                    stale = handled.len() - deleted,
+                    "messages were delivered again before their delete"
+                );
             }
-            for m in messages.iter().skip(report.succeeded + 1) {
+            for m in untried {
                 if let Err(e) = queue
                     .change_visibility(&m.receipt_handle, Duration::ZERO)
                     .await

@@ -11,6 +11,16 @@
 //!   table instead of being delivered again; operators list and redrive it.
 //! - Receivers waiting in [`JobQueue::receive`] are woken by a send (or a delete or visibility
 //!   change that frees a group), and otherwise sleep until the earliest in-flight message returns.
+//!
+//! # Durability and speed
+//!
+//! SQLite work runs on tokio's blocking pool, never on the async threads: a commit waits for an
+//! fsync, and two cores must not stall on it. Sends (and redrives) commit with `synchronous=FULL`:
+//! the dispatcher records `JobQueued` only after its message is on disk. Receives, deletes and
+//! visibility changes commit with `synchronous=NORMAL`: a crash may forget the last few of them,
+//! which only delivers a message again (at least once, as SQS does), and the next send's fsync makes
+//! them durable too, so a forgotten delete can never reorder a group. Batch sends and deletes
+//! ([`JobQueue::send_batch`], [`JobQueue::delete_batch`]) take one transaction each.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -40,6 +50,7 @@ CREATE TABLE IF NOT EXISTS dedup (
     message_id TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS dedup_expires ON dedup (expires_at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id TEXT NOT NULL UNIQUE,
@@ -55,6 +66,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// SQS's deduplication window.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
+/// Most messages one SQS receive returns; the default [`QueueConfig::max_batch`].
+pub const SQS_MAX_BATCH: usize = 10;
+
 /// Settings of a [`SqliteJobQueue`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -62,6 +76,9 @@ pub struct QueueConfig {
     pub max_receives: u32,
     /// How long a deduplication id is remembered.
     pub dedup_window: Duration,
+    /// Most messages one receive may ask for: SQS's 10 by default, so code tested here behaves the
+    /// same on SQS; `jobledger dev` raises it to take work off the queue in fewer transactions.
+    pub max_batch: usize,
 }
 
 impl Default for QueueConfig {
@@ -69,6 +86,7 @@ impl Default for QueueConfig {
         QueueConfig {
             max_receives: 5,
             dedup_window: DEDUP_WINDOW,
+            max_batch: SQS_MAX_BATCH,
         }
     }
 }
@@ -106,10 +124,25 @@ pub struct QueueStats {
 /// A clock in the queue's hands, so tests can move past the deduplication window.
 pub type QueueClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
+/// The queue's one connection, and whether its commits are fsynced now (`synchronous=FULL`).
+struct QueueConn {
+    conn: Connection,
+    durable: bool,
+}
+
+/// How a transaction must reach the disk before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// fsynced before the call returns (sends: the ledger records `JobQueued` after them).
+    Durable,
+    /// Written to the WAL; fsynced by the next durable commit (losing it only redelivers).
+    Lazy,
+}
+
 /// The embedded FIFO queue. Clones share the database and wake each other's receivers.
 #[derive(Clone)]
 pub struct SqliteJobQueue {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<QueueConn>>,
     wake: Arc<Notify>,
     config: QueueConfig,
     clock: QueueClock,
@@ -151,6 +184,11 @@ impl SqliteJobQueue {
                 "max_receives must be at least 1".into(),
             ));
         }
+        if config.max_batch == 0 {
+            return Err(QueueError::InvalidArgument(
+                "max_batch must be at least 1".into(),
+            ));
+        }
         let conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
@@ -158,7 +196,10 @@ impl SqliteJobQueue {
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         Ok(SqliteJobQueue {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(QueueConn {
+                conn,
+                durable: true,
+            })),
             wake: Arc::new(Notify::new()),
             config,
             clock: Arc::new(Utc::now),
@@ -182,57 +223,114 @@ impl SqliteJobQueue {
 
     fn with_conn<T>(
         &self,
+        commit: Commit,
         f: impl FnOnce(&mut Connection) -> Result<T, QueueError>,
     ) -> Result<T, QueueError> {
-        let mut conn = self
+        let mut guard = self
             .conn
             .lock()
             .map_err(|_| QueueError::backend(false, "queue mutex poisoned"))?;
-        f(&mut conn)
+        let want = commit == Commit::Durable;
+        if guard.durable != want {
+            let pragma = if want {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=NORMAL"
+            };
+            guard.conn.execute_batch(pragma).map_err(backend)?;
+            guard.durable = want;
+        }
+        f(&mut guard.conn)
     }
 
-    fn send_now(&self, message: &JobMessage) -> Result<String, QueueError> {
+    /// Runs `f` on the blocking pool: queue transactions wait for the disk.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SqliteJobQueue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let queue = self.clone();
+        tokio::task::spawn_blocking(move || f(&queue))
+            .await
+            .map_err(|e| QueueError::backend(false, e))?
+    }
+
+    /// Sends every message in one durable transaction; answers their message ids in order.
+    fn send_all_now(&self, messages: &[JobMessage]) -> Result<Vec<String>, QueueError> {
         let now = self.now_ms();
-        let dedup_id = message.dedup_id();
-        self.with_conn(|conn| {
+        let expires_at = now.saturating_add(millis(self.config.dedup_window));
+        self.with_conn(Commit::Durable, |conn| {
             let tx = conn.transaction().map_err(backend)?;
             tx.execute("DELETE FROM dedup WHERE expires_at <= ?1", params![now])
                 .map_err(backend)?;
-            let seen: Option<String> = tx
-                .query_row(
-                    "SELECT message_id FROM dedup WHERE dedup_id = ?1",
-                    params![dedup_id],
-                    |r| r.get(0),
+            let mut ids = Vec::with_capacity(messages.len());
+            for message in messages {
+                let dedup_id = message.dedup_id();
+                let seen: Option<String> = tx
+                    .prepare_cached("SELECT message_id FROM dedup WHERE dedup_id = ?1")
+                    .and_then(|mut s| s.query_row(params![dedup_id], |r| r.get(0)).optional())
+                    .map_err(backend)?;
+                if let Some(first) = seen {
+                    ids.push(first);
+                    continue;
+                }
+                let message_id = uuid::Uuid::now_v7().to_string();
+                tx.prepare_cached(
+                    "INSERT INTO messages (message_id, group_id, dedup_id, body, sent_at, visible_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
                 )
-                .optional()
+                .and_then(|mut s| {
+                    s.execute(params![
+                        message_id,
+                        message.group_id(),
+                        dedup_id,
+                        message.to_body(),
+                        now
+                    ])
+                })
                 .map_err(backend)?;
-            if let Some(first) = seen {
-                return Ok(first);
+                tx.prepare_cached(
+                    "INSERT INTO dedup (dedup_id, message_id, expires_at) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![dedup_id, message_id, expires_at]))
+                .map_err(backend)?;
+                ids.push(message_id);
             }
-            let message_id = uuid::Uuid::now_v7().to_string();
-            tx.execute(
-                "INSERT INTO messages (message_id, group_id, dedup_id, body, sent_at, visible_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![
-                    message_id,
-                    message.group_id(),
-                    dedup_id,
-                    message.to_body(),
-                    now
-                ],
-            )
-            .map_err(backend)?;
-            tx.execute(
-                "INSERT INTO dedup (dedup_id, message_id, expires_at) VALUES (?1, ?2, ?3)",
-                params![
-                    dedup_id,
-                    message_id,
-                    now.saturating_add(millis(self.config.dedup_window))
-                ],
-            )
-            .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            Ok(message_id)
+            Ok(ids)
+        })
+    }
+
+    /// Deletes the messages these receipts name, in one transaction; answers how many were deleted
+    /// (a receipt that is no longer current deletes nothing).
+    fn delete_all_now(&self, receipt_handles: &[String]) -> Result<usize, QueueError> {
+        self.with_conn(Commit::Lazy, |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            let mut deleted = 0;
+            for receipt in receipt_handles {
+                deleted += tx
+                    .prepare_cached("DELETE FROM messages WHERE receipt = ?1")
+                    .and_then(|mut s| s.execute(params![receipt]))
+                    .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+            Ok(deleted)
+        })
+    }
+
+    /// Makes messages taken by a receive nobody waited for visible again, as if never received.
+    fn release_now(&self, messages: &[ReceivedMessage]) -> Result<(), QueueError> {
+        let now = self.now_ms();
+        self.with_conn(Commit::Lazy, |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            for m in messages {
+                tx.prepare_cached(
+                    "UPDATE messages SET visible_at = ?2, receipt = NULL, \
+                     receive_count = MAX(receive_count - 1, 0) WHERE receipt = ?1",
+                )
+                .and_then(|mut s| s.execute(params![m.receipt_handle, now]))
+                .map_err(backend)?;
+            }
+            tx.commit().map_err(backend)
         })
     }
 
@@ -240,7 +338,7 @@ impl SqliteJobQueue {
         let now = self.now_ms();
         let visible_until = now.saturating_add(millis(visibility));
         let max_receives = i64::from(self.config.max_receives);
-        let (attempt, moved) = self.with_conn(|conn| {
+        let (attempt, moved) = self.with_conn(Commit::Lazy, |conn| {
             let tx = conn.transaction().map_err(backend)?;
             // (first-appearance index of the group, seq, id, body, receive count)
             let mut picked: Vec<(usize, i64, String, String, i64)> = Vec::new();
@@ -277,7 +375,13 @@ impl SqliteJobQueue {
                             groups.len() - 1
                         }
                     };
-                    picked.push((rank, seq, row.get(1).map_err(backend)?, row.get(3).map_err(backend)?, receive_count));
+                    picked.push((
+                        rank,
+                        seq,
+                        row.get(1).map_err(backend)?,
+                        row.get(3).map_err(backend)?,
+                        receive_count,
+                    ));
                 }
             }
             for seq in &dead {
@@ -295,10 +399,10 @@ impl SqliteJobQueue {
             let mut messages = Vec::with_capacity(picked.len());
             for (_, seq, message_id, body, receive_count) in picked {
                 let receipt = uuid::Uuid::now_v7().to_string();
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE messages SET visible_at = ?2, receipt = ?3, receive_count = receive_count + 1 WHERE seq = ?1",
-                    params![seq, visible_until, receipt],
                 )
+                .and_then(|mut s| s.execute(params![seq, visible_until, receipt]))
                 .map_err(backend)?;
                 messages.push(ReceivedMessage {
                     message_id,
@@ -334,9 +438,37 @@ impl SqliteJobQueue {
         Ok(attempt)
     }
 
+    /// One non-waiting receive on the blocking pool. The blocking step runs to the end even if this
+    /// future is dropped; the messages it took are then handed back so nothing waits a visibility
+    /// timeout for a receiver that is gone.
+    async fn receive_handing_back_if_abandoned(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Attempt, QueueError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queue = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = queue.receive_now(max, visibility);
+            if let Err(Ok(abandoned)) = reply.send(result)
+                && !abandoned.messages.is_empty()
+            {
+                match queue.release_now(&abandoned.messages) {
+                    Ok(()) => queue.wake.notify_waiters(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand back messages of an abandoned receive")
+                    }
+                }
+            }
+        });
+        answer
+            .await
+            .map_err(|_| QueueError::backend(false, "the queue's receive task stopped"))?
+    }
+
     /// Lists the dead-letter queue, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        self.with_conn(|conn| {
+        self.with_conn(Commit::Lazy, |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT message_id, group_id, dedup_id, body, receive_count, sent_at, dead_at \
@@ -364,7 +496,7 @@ impl SqliteJobQueue {
     /// Answers how many were moved.
     pub async fn redrive(&self, message_ids: Option<&[String]>) -> Result<usize, QueueError> {
         let now = self.now_ms();
-        let moved = self.with_conn(|conn| {
+        let moved = self.with_conn(Commit::Durable, |conn| {
             let tx = conn.transaction().map_err(backend)?;
             let ids: Vec<String> = match message_ids {
                 Some(ids) => ids.to_vec(),
@@ -403,7 +535,7 @@ impl SqliteJobQueue {
     /// Counts messages by state.
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = self.now_ms();
-        self.with_conn(|conn| {
+        self.with_conn(Commit::Lazy, |conn| {
             conn.query_row(
                 "SELECT (SELECT COUNT(*) FROM messages WHERE visible_at <= ?1), \
                         (SELECT COUNT(*) FROM messages WHERE visible_at > ?1), \
@@ -424,21 +556,33 @@ impl SqliteJobQueue {
 
 impl JobQueue for SqliteJobQueue {
     async fn send(&self, message: &JobMessage) -> Result<String, QueueError> {
-        let id = self.send_now(message)?;
-        self.wake.notify_waiters();
-        Ok(id)
+        let mut ids = self.send_batch(std::slice::from_ref(message)).await?;
+        ids.pop()
+            .ok_or_else(|| QueueError::backend(false, "a send answered no message id"))
     }
 
-    /// Cancel-safe: messages are only taken inside one synchronous step that also returns them.
+    async fn send_batch(&self, messages: &[JobMessage]) -> Result<Vec<String>, QueueError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let messages = messages.to_vec();
+        let ids = self.blocking(move |q| q.send_all_now(&messages)).await?;
+        self.wake.notify_waiters();
+        Ok(ids)
+    }
+
+    /// Cancel-safe: if the caller stops waiting while messages are being taken, they are handed
+    /// back at once instead of staying hidden for the visibility timeout.
     async fn receive(
         &self,
         max: usize,
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        if max == 0 || max > 10 {
+        if max == 0 || max > self.config.max_batch {
             return Err(QueueError::InvalidArgument(format!(
-                "max must be 1 to 10, got {max}"
+                "max must be 1 to {}, got {max}",
+                self.config.max_batch
             )));
         }
         if visibility > MAX_VISIBILITY {
@@ -453,7 +597,9 @@ impl JobQueue for SqliteJobQueue {
             let mut woken = std::pin::pin!(woken);
             woken.as_mut().enable();
 
-            let attempt = self.receive_now(max, visibility)?;
+            let attempt = self
+                .receive_handing_back_if_abandoned(max, visibility)
+                .await?;
             if !attempt.messages.is_empty() {
                 return Ok(attempt.messages);
             }
@@ -474,19 +620,24 @@ impl JobQueue for SqliteJobQueue {
     }
 
     async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
-        let n = self.with_conn(|conn| {
-            conn.execute(
-                "DELETE FROM messages WHERE receipt = ?1",
-                params![receipt_handle],
-            )
-            .map_err(backend)
-        })?;
+        let n = self.delete_batch(&[receipt_handle.to_string()]).await?;
         if n == 0 {
             return Err(QueueError::InvalidReceipt);
         }
-        // The message's group may now hand out its next message.
-        self.wake.notify_waiters();
         Ok(())
+    }
+
+    async fn delete_batch(&self, receipt_handles: &[String]) -> Result<usize, QueueError> {
+        if receipt_handles.is_empty() {
+            return Ok(0);
+        }
+        let receipts = receipt_handles.to_vec();
+        let n = self.blocking(move |q| q.delete_all_now(&receipts)).await?;
+        if n > 0 {
+            // The messages' groups may now hand out their next messages.
+            self.wake.notify_waiters();
+        }
+        Ok(n)
     }
 
     async fn change_visibility(
@@ -500,18 +651,25 @@ impl JobQueue for SqliteJobQueue {
             )));
         }
         let visible_at = self.now_ms().saturating_add(millis(timeout));
-        let n = self.with_conn(|conn| {
-            conn.execute(
-                "UPDATE messages SET visible_at = ?2 WHERE receipt = ?1",
-                params![receipt_handle, visible_at],
-            )
-            .map_err(backend)
-        })?;
+        let receipt = receipt_handle.to_string();
+        let n = self
+            .blocking(move |q| {
+                q.with_conn(Commit::Lazy, |conn| {
+                    conn.prepare_cached("UPDATE messages SET visible_at = ?2 WHERE receipt = ?1")
+                        .and_then(|mut s| s.execute(params![receipt, visible_at]))
+                        .map_err(backend)
+                })
+            })
+            .await?;
         if n == 0 {
             return Err(QueueError::InvalidReceipt);
         }
         // A shorter timeout may return the message (and free its group) sooner than receivers planned.
         self.wake.notify_waiters();
         Ok(())
+    }
+
+    fn max_receive(&self) -> usize {
+        self.config.max_batch
     }
 }

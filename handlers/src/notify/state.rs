@@ -132,6 +132,18 @@ pub trait DeadLetterStore: Send + Sync {
     fn remove(&self, id: i64) -> impl Future<Output = Result<bool, StateError>> + Send;
 }
 
+/// Failed tries of a record, counted across runs that remember nothing in between (a Lambda
+/// invocation): the stream delivers a failed record again but does not say how often it did.
+pub trait FailureCounter: Send + Sync {
+    /// Counts one more failed try of `version` of the job for `sink`; returns the tries so far.
+    fn count_failure(
+        &self,
+        sink: &str,
+        job_id: JobId,
+        version: u64,
+    ) -> impl Future<Output = Result<u32, StateError>> + Send;
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS notify_state (
     sink TEXT NOT NULL,
@@ -154,6 +166,13 @@ CREATE TABLE IF NOT EXISTS notify_dead_letters (
     tries INTEGER NOT NULL,
     failed_at TEXT NOT NULL,
     UNIQUE (sink, event_id)
+);
+CREATE TABLE IF NOT EXISTS notify_failures (
+    sink TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    tries INTEGER NOT NULL,
+    PRIMARY KEY (sink, job_id, version)
 );
 ";
 
@@ -357,6 +376,28 @@ impl DeadLetterStore for SqliteNotifyStore {
                 .execute("DELETE FROM notify_dead_letters WHERE id = ?1", params![id])
                 .map_err(backend)?;
             Ok(n == 1)
+        })
+        .await
+    }
+}
+
+impl FailureCounter for SqliteNotifyStore {
+    async fn count_failure(
+        &self,
+        sink: &str,
+        job_id: JobId,
+        version: u64,
+    ) -> Result<u32, StateError> {
+        let sink = sink.to_string();
+        self.with(move |conn| {
+            conn.query_row(
+                "INSERT INTO notify_failures (sink, job_id, version, tries) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (sink, job_id, version) DO UPDATE SET tries = tries + 1
+                 RETURNING tries",
+                params![sink, job_id.to_string(), to_i64(version)],
+                |r| r.get::<_, u32>(0),
+            )
+            .map_err(backend)
         })
         .await
     }

@@ -21,7 +21,7 @@ variable "zip_path" {
 }
 
 variable "environment" {
-  description = "Environment variables of the function (the contract in terraform/contract.json)."
+  description = "Environment variables of the function (the names its binary reads; see handlers/src/aws/contract.rs)."
   type        = map(string)
 }
 
