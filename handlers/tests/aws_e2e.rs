@@ -339,6 +339,15 @@ fn sqs_failures(response: &SqsEventResponse) -> Vec<String> {
 
 // ---- the stack ----
 
+fn moto_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
+        panic!(
+            "AWS_ENDPOINT_URL is not set: run these tests under scripts/with-moto \
+             (scripts/with-moto cargo nextest run -p jobledger-handlers --all-features --test aws_e2e)"
+        )
+    })
+}
+
 /// One deployment on moto: every resource named uniquely for one test.
 struct Stack {
     /// The `api` function's ledger: events, idempotency keys, payload bucket.
@@ -365,52 +374,76 @@ struct Stack {
     ran: HashSet<String>,
 }
 
+/// The resources of one deployment, by name.
+struct Names {
+    events: String,
+    idempotency: String,
+    jobs: String,
+    bucket: String,
+    queue_url: String,
+    cluster: String,
+    task_definition: String,
+    container: String,
+    subnets: Vec<String>,
+    security_groups: Vec<String>,
+}
+
+impl Names {
+    /// The names `terraform output -json` reports (the data plane `scripts/check-terraform` applies).
+    fn from_terraform_outputs(path: &str) -> Names {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let outputs: Value = serde_json::from_str(&text).expect("terraform output -json");
+        let text_of = |name: &str| -> String {
+            outputs[name]["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("terraform output {name} is missing or not a string"))
+                .to_string()
+        };
+        let subnets: Vec<String> = outputs["worker_subnet_ids"]["value"]
+            .as_array()
+            .expect("terraform output worker_subnet_ids")
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        Names {
+            events: text_of("events_table_name"),
+            idempotency: text_of("idempotency_table_name"),
+            jobs: text_of("jobs_table_name"),
+            bucket: text_of("results_bucket_name"),
+            queue_url: text_of("jobs_queue_url"),
+            cluster: text_of("ecs_cluster_name"),
+            task_definition: text_of("worker_task_definition_arn"),
+            container: text_of("worker_container_name"),
+            subnets,
+            security_groups: vec![text_of("worker_security_group_id")],
+        }
+    }
+}
+
 impl Stack {
+    /// A deployment of its own, created on moto with unique names.
     async fn new() -> Stack {
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-            panic!(
-                "AWS_ENDPOINT_URL is not set: run these tests under scripts/with-moto \
-                 (scripts/with-moto cargo nextest run -p jobledger-handlers --all-features --test aws_e2e)"
-            )
-        });
+        let endpoint = moto_endpoint();
         let sdk = jobledger_handlers::aws::sdk_config().await;
         let suffix = Uuid::now_v7().simple().to_string();
         let name = |what: &str| format!("e2e-{what}-{suffix}");
 
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        // moto serves buckets by path, not by virtual host.
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&sdk)
-                .force_path_style(true)
-                .build(),
-        );
-        let (events, bucket) = (name("events"), name("results"));
-        let api_store = DynamoEventStore::new(
+        let (events, idempotency, bucket) = (name("events"), name("idempotency"), name("results"));
+        DynamoEventStore::new(
             dynamo.clone(),
-            s3.clone(),
-            EventsTables::new(&events, name("idempotency"), &bucket),
-        );
-        api_store.create_tables().await.expect("ledger tables");
-        let store = DynamoEventStore::new(
-            dynamo.clone(),
-            s3.clone(),
-            EventsTables::events_only(&events),
-        );
-        let worker_store = DynamoEventStore::new(
-            dynamo.clone(),
-            s3.clone(),
-            EventsTables {
-                events: events.clone(),
-                idempotency: None,
-                payload_bucket: Some(bucket.clone()),
-            },
-        );
-        let views = DynamoJobViews::new(dynamo.clone(), name("jobs"));
-        views.create_table().await.expect("jobs table");
-        let objects = S3ObjectStore::new(s3, &bucket);
+            jobledger_handlers::aws::s3_client(&sdk),
+            EventsTables::new(&events, &idempotency, &bucket),
+        )
+        .create_tables()
+        .await
+        .expect("ledger tables");
+        DynamoJobViews::new(dynamo, name("jobs"))
+            .create_table()
+            .await
+            .expect("jobs table");
 
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let queue_url = sqs
+        let queue_url = aws_sdk_sqs::Client::new(&sdk)
             .create_queue()
             .queue_name(format!("{}.fifo", name("jobs")))
             .attributes(QueueAttributeName::FifoQueue, "true")
@@ -420,17 +453,6 @@ impl Stack {
             .expect("FIFO queue")
             .queue_url
             .expect("queue url");
-        let queue_arn = sqs
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .expect("GetQueueAttributes")
-            .attributes
-            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-            .expect("queue arn");
-        let queue = SqsJobQueue::new(sqs.clone(), &queue_url);
 
         let ecs = aws_sdk_ecs::Client::new(&sdk);
         let cluster = name("cluster");
@@ -467,11 +489,68 @@ impl Stack {
             !subnets.is_empty() && !groups.is_empty(),
             "moto's default VPC"
         );
+        let names = Names {
+            events,
+            idempotency,
+            jobs: name("jobs"),
+            bucket,
+            queue_url,
+            cluster,
+            task_definition: family,
+            container: "worker".into(),
+            subnets: subnets.into_iter().take(2).collect(),
+            security_groups: groups.into_iter().take(1).collect(),
+        };
+        Stack::on(&sdk, names).await
+    }
+
+    /// The functions wired to existing resources, as Terraform configures them.
+    async fn on(sdk: &aws_config::SdkConfig, names: Names) -> Stack {
+        let dynamo = aws_sdk_dynamodb::Client::new(sdk);
+        let s3 = jobledger_handlers::aws::s3_client(sdk);
+        let Names { events, bucket, .. } = &names;
+        let api_store = DynamoEventStore::new(
+            dynamo.clone(),
+            s3.clone(),
+            EventsTables::new(events, &names.idempotency, bucket),
+        );
+        let store = DynamoEventStore::new(
+            dynamo.clone(),
+            s3.clone(),
+            EventsTables::events_only(events),
+        );
+        let worker_store = DynamoEventStore::new(
+            dynamo.clone(),
+            s3.clone(),
+            EventsTables {
+                events: events.clone(),
+                idempotency: None,
+                payload_bucket: Some(bucket.clone()),
+            },
+        );
+        let views = DynamoJobViews::new(dynamo.clone(), &names.jobs);
+        let objects = S3ObjectStore::new(s3, bucket);
+
+        let sqs = aws_sdk_sqs::Client::new(sdk);
+        let queue_url = names.queue_url.clone();
+        let queue_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("GetQueueAttributes")
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .expect("queue arn");
+        let queue = SqsJobQueue::new(sqs.clone(), &queue_url);
+
+        let ecs = aws_sdk_ecs::Client::new(sdk);
         let tap = RunTaskTap(Arc::new(TapState {
             throttle_url: throttling_endpoint().await,
             ..TapState::default()
         }));
-        let tapped = aws_sdk_ecs::config::Builder::from(&sdk)
+        let tapped = aws_sdk_ecs::config::Builder::from(sdk)
             .interceptor(tap.clone())
             // In production the SDK retries throttling a few times before the adapter sees it;
             // here each throttled answer stands for those retries being used up.
@@ -480,11 +559,11 @@ impl Stack {
         let launcher = EcsTaskLauncher::new(
             aws_sdk_ecs::Client::from_conf(tapped),
             EcsConfig {
-                cluster: cluster.clone(),
-                task_definition: family,
-                container_name: "worker".into(),
-                subnets: subnets.into_iter().take(2).collect(),
-                security_groups: groups.into_iter().take(1).collect(),
+                cluster: names.cluster.clone(),
+                task_definition: names.task_definition.clone(),
+                container_name: names.container.clone(),
+                subnets: names.subnets.clone(),
+                security_groups: names.security_groups.clone(),
             },
         );
 
@@ -499,7 +578,7 @@ impl Stack {
 
         let stream_arn = dynamo
             .describe_table()
-            .table_name(&events)
+            .table_name(events)
             .send()
             .await
             .expect("DescribeTable")
@@ -507,7 +586,7 @@ impl Stack {
             .and_then(|t| t.latest_stream_arn)
             .expect("the events table has a stream");
         let stream =
-            StreamReader::open(aws_sdk_dynamodbstreams::Client::new(&sdk), stream_arn).await;
+            StreamReader::open(aws_sdk_dynamodbstreams::Client::new(sdk), stream_arn).await;
 
         Stack {
             api_store,
@@ -520,7 +599,7 @@ impl Stack {
             queue_url,
             queue_arn,
             ecs,
-            cluster,
+            cluster: names.cluster,
             launcher,
             tap,
             api,
@@ -787,7 +866,30 @@ fn client_token(request: &Value) -> String {
 
 #[tokio::test]
 async fn jobs_submitted_through_api_gateway_run_to_succeeded_on_moto() {
-    let mut s = Stack::new().await;
+    jobs_run_to_succeeded(Stack::new().await).await;
+}
+
+/// The same whole path on the data plane `terraform apply` created on moto: `scripts/check-terraform`
+/// runs it after the apply with `JOBLEDGER_TF_OUTPUTS` naming `terraform output -json`.
+#[tokio::test]
+#[ignore = "needs the resources of scripts/check-terraform's apply (JOBLEDGER_TF_OUTPUTS)"]
+async fn jobs_run_to_succeeded_on_the_resources_terraform_created() {
+    let outputs = std::env::var("JOBLEDGER_TF_OUTPUTS")
+        .expect("JOBLEDGER_TF_OUTPUTS names the JSON of `terraform output -json`");
+    let sdk = jobledger_handlers::aws::sdk_config().await;
+    let names = Names::from_terraform_outputs(&outputs);
+    // moto applies the bucket policy, and its `DenyInsecureTransport` statement refuses every
+    // request that reaches moto over plain HTTP; on AWS all traffic is HTTPS. (moto gap)
+    jobledger_handlers::aws::s3_client(&sdk)
+        .delete_bucket_policy()
+        .bucket(&names.bucket)
+        .send()
+        .await
+        .expect("DeleteBucketPolicy");
+    jobs_run_to_succeeded(Stack::on(&sdk, names).await).await;
+}
+
+async fn jobs_run_to_succeeded(mut s: Stack) {
     let noop = s.submit(noop_job(3), "e2e-noop").await;
     // A real kind: the builtin (offline, deterministic) backend writes the descriptions.
     let meta = s
