@@ -325,3 +325,71 @@ async fn out_of_range_arguments_are_refused() {
         Err(QueueError::InvalidArgument(_))
     ));
 }
+
+#[tokio::test]
+async fn a_batch_send_keeps_each_group_in_order_answers_an_id_per_message_and_deduplicates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("queue.db");
+    let (a, b) = (JobId::new(), JobId::new());
+    let earlier = msg(b, 1);
+    let ids = {
+        let queue = SqliteJobQueue::open(&path).expect("open");
+        let first = queue.send(&earlier).await.expect("send");
+        let batch = [msg(a, 1), earlier.clone(), msg(a, 2), msg(b, 2)];
+        let ids = queue.send_batch(&batch).await.expect("send batch");
+        assert_eq!(ids.len(), batch.len(), "one id per message");
+        assert_eq!(ids[1], first, "a duplicate answers the first message's id");
+        assert!(queue.send_batch(&[]).await.expect("empty batch").is_empty());
+        ids
+    };
+    // Acknowledged sends are durable: a reopened queue has them, each group in send order.
+    let queue = SqliteJobQueue::open(&path).expect("reopen");
+    let got = queue.receive(10, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&got), vec![(b, 1), (b, 2), (a, 1), (a, 2)]);
+    let got_ids: Vec<&str> = got.iter().map(|m| m.message_id.as_str()).collect();
+    for id in [&ids[0], &ids[2], &ids[3]] {
+        assert!(got_ids.contains(&id.as_str()), "{id} in {got_ids:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_delete_counts_only_current_receipts_and_frees_the_groups() {
+    let q = queue();
+    let (a, b) = (JobId::new(), JobId::new());
+    q.queue
+        .send_batch(&[msg(a, 1), msg(a, 2), msg(b, 1)])
+        .await
+        .expect("send batch");
+    // One message of each group is out; a's second message waits behind its first.
+    let first = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    let second = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&first), vec![(a, 1)]);
+    assert_eq!(attempts(&second), vec![(b, 1)]);
+    assert!(
+        q.queue
+            .receive(10, VIS, NOW)
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+
+    // Both time out; a's message is received again, so its first receipt is stale.
+    q.time.advance(chrono::Duration::seconds(31));
+    let again = q.queue.receive(1, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&again), vec![(a, 1)]);
+    let deleted = q
+        .queue
+        .delete_batch(&[
+            first[0].receipt_handle.clone(),
+            "no-such-receipt".into(),
+            second[0].receipt_handle.clone(),
+            again[0].receipt_handle.clone(),
+        ])
+        .await
+        .expect("delete batch");
+    assert_eq!(deleted, 2, "only current receipts delete");
+
+    let next = q.queue.receive(10, VIS, NOW).await.expect("receive");
+    assert_eq!(attempts(&next), vec![(a, 2)], "a's next message is free");
+    assert_eq!(q.queue.delete_batch(&[]).await.expect("empty"), 0);
+}
