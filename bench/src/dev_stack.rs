@@ -83,13 +83,38 @@ fn succeeded(db: &rusqlite::Connection) -> usize {
     .map_or(0, |n| n as usize)
 }
 
-/// Runs the clients until every job is submitted or the deadline passes; returns latencies.
+/// What the clients got through: latencies of accepted submits and the refused ones.
+#[derive(Default)]
+struct Submits {
+    latencies: Vec<Duration>,
+    refused: usize,
+    first_refusal: Option<String>,
+}
+
+impl Submits {
+    fn refuse(&mut self, why: String) {
+        self.refused += 1;
+        self.first_refusal.get_or_insert(why);
+    }
+
+    fn merge(&mut self, other: Submits) {
+        self.latencies.extend(other.latencies);
+        self.refused += other.refused;
+        if self.first_refusal.is_none() {
+            self.first_refusal = other.first_refusal;
+        }
+    }
+}
+
+/// Runs the clients until every job is submitted or the deadline passes. A refused submit (an
+/// HTTP error or anything but 202) is counted and reported, as the apalis side counts refused
+/// pushes; each job is tried once.
 async fn submit_all(
     endpoint: &str,
     jobs: usize,
     clients: usize,
     deadline: Instant,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Submits> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
@@ -98,7 +123,7 @@ async fn submit_all(
     for _ in 0..clients {
         let (http, next, url) = (http.clone(), next.clone(), format!("{endpoint}/jobs"));
         tasks.spawn(async move {
-            let mut latencies = Vec::new();
+            let mut submits = Submits::default();
             while Instant::now() < deadline {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= jobs {
@@ -106,27 +131,33 @@ async fn submit_all(
                 }
                 let body = format!(r#"{{"kind":"noop","items":[{{"id":"{i}"}}]}}"#);
                 let t = Instant::now();
-                let resp = http
+                let sent = http
                     .post(&url)
                     .header("x-api-key", KEY)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()
-                    .await?;
-                let status = resp.status();
-                if status.as_u16() != 202 {
-                    bail!("submit {i}: HTTP {status}: {}", resp.text().await?);
+                    .await;
+                match sent {
+                    Ok(resp) if resp.status().as_u16() == 202 => {
+                        submits.latencies.push(t.elapsed());
+                    }
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let text = resp.text().await.unwrap_or_default();
+                        submits.refuse(format!("submit {i}: HTTP {status}: {text}"));
+                    }
+                    Err(e) => submits.refuse(format!("submit {i}: {e}")),
                 }
-                latencies.push(t.elapsed());
             }
-            Ok(latencies)
+            submits
         });
     }
-    let mut latencies = Vec::with_capacity(jobs);
+    let mut submits = Submits::default();
     while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined??);
+        submits.merge(joined?);
     }
-    Ok(latencies)
+    Ok(submits)
 }
 
 /// Measures one run and emits `dev.<jobs>.*` figures.
@@ -136,8 +167,19 @@ pub async fn measure(run: &DevRun) -> anyhow::Result<()> {
     let db = rusqlite::Connection::open(dir.path().join("views.sqlite3"))?;
     let start = Instant::now();
     let deadline = start + run.cap;
-    let mut latencies = submit_all(&endpoint, run.jobs, run.clients, deadline).await?;
+    let submits = submit_all(&endpoint, run.jobs, run.clients, deadline).await?;
     let submitted_in = start.elapsed();
+    if let Some(first) = &submits.first_refusal {
+        eprintln!(
+            "  jobledger refused {} submit(s); first: {first}",
+            submits.refused
+        );
+    }
+    let Submits {
+        mut latencies,
+        refused,
+        ..
+    } = submits;
     let submitted = latencies.len();
     let mut done = 0;
     while Instant::now() < deadline {
@@ -157,6 +199,7 @@ pub async fn measure(run: &DevRun) -> anyhow::Result<()> {
         done as f64 / elapsed.as_secs_f64(),
     );
     emit(format!("{k}.done"), done as f64);
+    emit(format!("{k}.refused"), refused as f64);
     emit(format!("{k}.submitted"), submitted as f64);
     emit(
         format!("{k}.submits_per_s"),

@@ -61,6 +61,16 @@ impl Samples {
         self.0.get(key).map_or(0, Vec::len)
     }
 
+    /// The largest value of a key (used for "how many submits were refused").
+    pub fn max(&self, key: &str) -> Option<f64> {
+        self.0
+            .get(key)?
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .max_by(f64::total_cmp)
+    }
+
     /// The smallest value of a key (used for "how many jobs finished" under a time cap).
     pub fn min(&self, key: &str) -> Option<f64> {
         self.0

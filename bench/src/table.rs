@@ -64,6 +64,13 @@ pub fn rows(plan: &Plan) -> Vec<Row> {
             true,
         ));
         out.push(row(
+            format!("submits refused, of {n}"),
+            format!("dev.{n}.refused"),
+            apalis(n, "refused"),
+            "",
+            false,
+        ));
+        out.push(row(
             format!("submit latency p50 ms, {n} jobs"),
             format!("dev.{n}.p50_ms"),
             apalis(n, "p50_ms"),
@@ -109,11 +116,34 @@ pub fn rows(plan: &Plan) -> Vec<Row> {
         "≥ 25,000",
         true,
     ));
+    for clients in [1, c] {
+        out.push(row(
+            format!("commands per CPU-second, {clients} client(s) (whole process)"),
+            format!("ledger.commands.{clients}.per_cpu_s"),
+            None,
+            "",
+            true,
+        ));
+    }
     out.push(row(
         "load + fold of a 10,000-event aggregate, ms".into(),
         "ledger.load10k.ms".into(),
         cqrs("load10k.ms"),
         "≤ 5",
+        false,
+    ));
+    out.push(row(
+        "CPU ms per load + fold of that aggregate (all threads)".into(),
+        "ledger.load10k.cpu_ms".into(),
+        None,
+        "",
+        false,
+    ));
+    out.push(row(
+        "load of that job's 10,000 events (every event, no fold), ms".into(),
+        "ledger.load10k_history.ms".into(),
+        None,
+        "",
         false,
     ));
     let ev = plan.replay_events;
@@ -160,7 +190,8 @@ pub fn number(v: Option<f64>) -> String {
     let Some(v) = v else {
         return "—".into();
     };
-    if v.abs() >= 100.0 {
+    // Counts (and any whole figure) print without decimals; only fractions are rounded by size.
+    if v.abs() >= 100.0 || (v.fract() == 0.0 && v.is_finite()) {
         let digits = format!("{:.0}", v.abs());
         let mut grouped = String::new();
         for (i, ch) in digits.chars().enumerate() {
@@ -188,11 +219,14 @@ fn ratio(ours: Option<f64>, peer: Option<f64>) -> String {
     }
 }
 
-/// Renders the table as Markdown; "done" rows show the smallest count over the runs.
+/// Renders the table as Markdown; "done" rows show the smallest count over the runs and
+/// "refused" rows the largest (the worst run either way).
 pub fn render(rows: &[Row], samples: &Samples) -> String {
     let value = |key: &str| {
         if key.ends_with(".done") {
             samples.min(key)
+        } else if key.ends_with(".refused") {
+            samples.max(key)
         } else {
             samples.median(key)
         }
@@ -242,6 +276,8 @@ mod tests {
         assert_eq!(number(Some(12.345)), "12.3");
         assert_eq!(number(Some(4.567)), "4.57");
         assert_eq!(number(Some(-2_500.0)), "-2,500");
+        assert_eq!(number(Some(0.0)), "0");
+        assert_eq!(number(Some(7.0)), "7");
         assert_eq!(number(None), "—");
     }
 
@@ -271,6 +307,37 @@ mod tests {
         );
         assert!(
             table.contains("| replay: fold an export, events/s (100000 events) | higher | — | — |")
+        );
+    }
+
+    #[test]
+    fn refused_and_done_rows_show_the_worst_run() {
+        let mut s = Samples::default();
+        for (k, v) in [
+            ("dev.1000.refused", 0.0),
+            ("dev.1000.done", 1000.0),
+            ("apalis.default.1000.refused", 3.0),
+            ("apalis.default.1000.refused", 40.0),
+            ("apalis.default.1000.refused", 0.0),
+            ("apalis.default.1000.done", 960.0),
+            ("apalis.default.1000.done", 1000.0),
+        ] {
+            s.add(Figure {
+                key: k.into(),
+                value: v,
+            });
+        }
+        let table = render(&rows(&Plan::quick()), &s);
+        let find = |prefix: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .expect("row present")
+                .to_string()
+        };
+        assert!(find("| submits refused, of 1000 |").contains("| 0 | apalis | 40 |"));
+        assert!(
+            find("| jobs finished within the cap, of 1000 |").contains("| 1,000 | apalis | 960 |")
         );
     }
 }
