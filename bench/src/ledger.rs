@@ -1,39 +1,23 @@
 //! jobledger's own store, measured the way the cqrs-es peer is: N jobs × 3 commands (submit,
 //! queue, launch), each through `execute` (load → decide → append, acknowledged only once
 //! committed with `synchronous=FULL`), over 1 or many clients; and the load of a 10,000-event job
-//! folded back into its aggregate.
+//! folded into its aggregate (what `execute` does before deciding, and what cqrs-es's
+//! `load_aggregate` does).
+//!
+//! The workload is `jobledger_events::workload`, the code `events/examples/ledger_bench.rs` runs
+//! too, so both benches measure the same thing the same way.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use chrono::Utc;
-use jobledger_events::event::Capacity;
-use jobledger_events::testing::{append_history, build_history, noop_spec};
-use jobledger_events::{
-    Command, CommandContext, EventStore, Job, JobId, SqliteEventStore, Status, execute,
-};
+use jobledger_events::SqliteEventStore;
+use jobledger_events::workload::{LoadKind, append_long_job, measure_commands, median, time_loads};
 
 use crate::figures::emit;
 
-/// The three single-event commands each job gets, as in `events/examples/ledger_bench.rs`.
-fn job_commands() -> [Command; 3] {
-    [
-        Command::Submit(noop_spec(3)),
-        Command::MarkQueued {
-            attempt: 1,
-            message_id: "bench-message".into(),
-        },
-        Command::RecordLaunch {
-            attempt: 1,
-            task_arn: "bench-task".into(),
-            capacity: Capacity::Local,
-        },
-    ]
-}
-
-/// Runs `jobs` jobs × 3 commands over `clients` clients until done or `cap`; emits
-/// `ledger.commands.<clients>.per_s` and returns how many commands were acknowledged.
+/// Runs `jobs` jobs × 3 commands over `clients` clients (after an untimed warm-up) until done or
+/// `cap`; emits `ledger.commands.<clients>.per_s` and `.per_cpu_s`, and returns how many
+/// commands were acknowledged in the timed run.
 pub async fn commands(
     dir: &Path,
     clients: usize,
@@ -42,78 +26,34 @@ pub async fn commands(
 ) -> anyhow::Result<usize> {
     let store = SqliteEventStore::open(dir.join("ledger.sqlite3"))?;
     let clients = clients.max(1);
-    let per_client = jobs.div_ceil(clients);
-    let started = Instant::now();
-    let deadline = started + cap;
-    let mut tasks = tokio::task::JoinSet::new();
-    for client in 0..clients {
-        let store = store.clone();
-        let mine = per_client.min(jobs.saturating_sub(client * per_client));
-        tasks.spawn(async move {
-            let actor = format!("api-key:bench-{client}");
-            let commands = job_commands();
-            let mut acknowledged = 0usize;
-            for _ in 0..mine {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let job = JobId::new();
-                for command in &commands {
-                    let ctx = CommandContext::new(actor.as_str(), Utc::now());
-                    execute(&store, job, command, &ctx).await?;
-                    acknowledged += 1;
-                }
-            }
-            Ok::<_, anyhow::Error>(acknowledged)
-        });
-    }
-    let mut acknowledged = 0;
-    while let Some(joined) = tasks.join_next().await {
-        acknowledged += joined??;
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let run = measure_commands(&store, clients, jobs, cap).await?;
+    emit(format!("ledger.commands.{clients}.per_s"), run.per_s());
     emit(
-        format!("ledger.commands.{clients}.per_s"),
-        acknowledged as f64 / secs,
+        format!("ledger.commands.{clients}.per_cpu_s"),
+        run.per_cpu_s(),
     );
-    emit(
-        format!("ledger.commands.{clients}.done"),
-        acknowledged as f64,
-    );
-    Ok(acknowledged)
+    emit(format!("ledger.commands.{clients}.done"), run.count as f64);
+    Ok(run.count)
 }
 
-/// Appends a 10,000-event job, then times `loads` loads of it, each folded into the aggregate;
-/// emits the median as `ledger.load10k.ms`.
+/// Appends a 10,000-event job, then times `loads` loads of it (after one untimed), folded into
+/// the aggregate and read whole; emits the medians as `ledger.load10k.ms` (aggregate) and
+/// `ledger.load10k_history.ms`, and the CPU time per load.
 pub async fn load(dir: &Path, loads: usize) -> anyhow::Result<()> {
     let store = SqliteEventStore::open(dir.join("ledger.sqlite3"))?;
-    let job_id = JobId::new();
-    // 4 events take the job to RUNNING; 9,996 progress reports make 10,000.
-    let history = build_history(job_id, 9_996);
-    append_history(&store, &history, 500).await?;
-    let mut times = Vec::new();
-    for _ in 0..loads.max(1) {
-        let started = Instant::now();
-        let events = store.load(job_id).await?;
-        let mut job = Job::default();
-        for e in &events {
-            job = job.evolve(&e.decode().context("decoding a stored event")?);
-        }
-        times.push(started.elapsed());
-        if events.len() != history.len() || job.status != Status::Running {
-            bail!(
-                "loaded {} events into a {:?} job; appended {}",
-                events.len(),
-                job.status,
-                history.len()
-            );
-        }
+    let (job_id, events) = append_long_job(&store).await?;
+    let loads = loads.max(1);
+    for (kind, key) in [
+        (LoadKind::Aggregate, "ledger.load10k"),
+        (LoadKind::History, "ledger.load10k_history"),
+    ] {
+        let (times, span) = time_loads(&store, job_id, events, loads, kind).await?;
+        emit(format!("{key}.ms"), median(&times).as_secs_f64() * 1e3);
+        emit(
+            format!("{key}.cpu_ms"),
+            span.cpu.as_secs_f64() * 1e3 / loads as f64,
+        );
     }
-    times.sort();
-    emit(
-        "ledger.load10k.ms",
-        times[(times.len() - 1) / 2].as_secs_f64() * 1e3,
-    );
     Ok(())
 }
 
@@ -132,7 +72,8 @@ mod tests {
         let stored: i64 = conn
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
             .expect("count");
-        assert_eq!(stored, 30);
+        let warm_up = jobledger_events::workload::warm_up_jobs(4) as i64 * 3;
+        assert_eq!(stored, warm_up + 30);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +101,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_long_job_loads_back_whole_and_running() {
         let dir = tempfile::tempdir().expect("temp dir");
-        // `load` fails unless all 10,000 events come back and fold to RUNNING.
+        // `load` fails unless all 10,000 events come back, and fold to a RUNNING job.
         load(dir.path(), 1).await.expect("load");
     }
 }

@@ -7,14 +7,16 @@ use std::time::Instant;
 
 use jobledger_events::{Job, JobId};
 use jobledger_projections::SqliteViewStore;
-use jobledger_replay::format::{Entry, ExportWriter};
+use jobledger_replay::drive::{default_parts, drive_parts};
+use jobledger_replay::format::{ExportWriter, Item};
 use jobledger_replay::synth::Synth;
 use jobledger_replay::views::{Projection, rebuild};
 use jobledger_replay::{FileSource, SqliteSource, verify_source};
 
 use crate::figures::emit;
 
-/// The aggregate fold's running state: one job at a time, as the export is ordered by job.
+/// A part's fold state: one job at a time, as each part holds whole jobs in order.
+#[derive(Default)]
 struct Fold {
     job: Job,
     current: Option<JobId>,
@@ -43,35 +45,40 @@ pub async fn measure(dir: &Path, events: u64) -> anyhow::Result<()> {
     emit("replay.events", written as f64);
 
     let started = Instant::now();
-    let fold = Fold {
-        job: Job::default(),
-        current: None,
-        events: 0,
-        undecodable: 0,
-    };
-    let src = FileSource::open(&file)?;
-    let fold = jobledger_replay::drive::drive(&src, false, false, "fold", fold, |f, entry| {
-        if let Entry::Event(e) = entry {
-            if f.current != Some(e.event.job_id) {
-                f.current = Some(e.event.job_id);
-                f.job = Job::default();
+    // Split in parts of whole jobs, as `replay` does: each core parses, decodes and folds its own.
+    let folds = drive_parts(
+        &FileSource::open(&file)?,
+        false,
+        false,
+        "fold",
+        default_parts(),
+        Fold::default,
+        |f, item| match item {
+            Item::Event(e) => {
+                if f.current != Some(e.head.job_id) {
+                    f.current = Some(e.head.job_id);
+                    f.job = Job::default();
+                }
+                match e.decode() {
+                    Ok(ev) => f.job.absorb(ev),
+                    Err(_) => f.undecodable += 1,
+                }
+                f.events += 1;
             }
-            match e.event.decode() {
-                Ok(ev) => f.job = std::mem::take(&mut f.job).evolve(&ev),
-                Err(_) => f.undecodable += 1,
-            }
-            f.events += 1;
-        }
-    })
+            Item::Unreadable { .. } => f.undecodable += 1,
+            Item::Pin(..) => {}
+        },
+    )
     .await?;
     let secs = started.elapsed().as_secs_f64();
+    let (events, undecodable) = folds
+        .iter()
+        .fold((0, 0), |(n, bad), f| (n + f.events, bad + f.undecodable));
     anyhow::ensure!(
-        fold.events == written && fold.undecodable == 0,
-        "folded {} events ({} undecodable) of {written}",
-        fold.events,
-        fold.undecodable
+        events == written && undecodable == 0,
+        "folded {events} events ({undecodable} undecodable) of {written}"
     );
-    emit("replay.fold.eps", fold.events as f64 / secs);
+    emit("replay.fold.eps", events as f64 / secs);
 
     let started = Instant::now();
     let report = verify_source(&FileSource::open(&file)?, None, false).await?;

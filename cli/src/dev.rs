@@ -12,7 +12,8 @@ use jobledger_events::{JobId, SqliteEventStore};
 use jobledger_handlers::api::{self, ApiKeys, ApiState, Authenticator};
 use jobledger_handlers::local::{
     ChildProcessLauncher, DispatcherConfig, InProcessLauncher, LauncherConfig, LedgerCandidates,
-    QueueConfig, SqliteJobQueue, SweeperConfig, WorkFn, run_dispatcher, run_launcher, run_sweeper,
+    QueueConfig, SHARED_FEED_EVENTS, SharedFeed, SqliteJobQueue, SweeperConfig, WorkFn,
+    run_dispatcher, run_launcher, run_sweeper,
 };
 use jobledger_handlers::notify::{Notifier, SqliteNotifyStore, run_notifier};
 use jobledger_handlers::ports::{SystemTime, TaskLauncher};
@@ -154,27 +155,30 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // The projector, notifier and dispatcher follow the feed close behind each other: they share
+    // the newest events instead of each reading them from SQLite.
+    let feed = SharedFeed::new(ledger.clone(), SHARED_FEED_EVENTS);
 
     {
-        let (ledger, views, rx) = (ledger.clone(), views.clone(), stop_rx.clone());
+        let (feed, views, rx) = (feed.clone(), views.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            if let Err(e) = run_projector(&ledger, &views, rx).await {
+            if let Err(e) = run_projector(&feed, &views, rx).await {
                 tracing::error!(error = %e, "projector stopped");
             }
         });
     }
     tasks.spawn(run_notifier(
-        ledger.clone(),
+        feed.clone(),
         objects.clone(),
         notify_states,
         notifier,
         stop_rx.clone(),
     ));
     {
-        let (ledger, queue, rx) = (ledger.clone(), queue.clone(), stop_rx.clone());
+        let (feed, queue, rx) = (feed.clone(), queue.clone(), stop_rx.clone());
         tasks.spawn(async move {
             run_dispatcher(
-                &ledger,
+                &feed,
                 &queue,
                 &SystemTime,
                 &DispatcherConfig::default(),

@@ -44,7 +44,8 @@ enum Commands {
     Cost(cost::CostArgs),
     /// The auditor's tool: history, state, verify, rebuild, export, import, stats.
     Replay(ReplayArgs),
-    /// Notifications a sink gave up on (`jobledger dev`'s data folder): list them, redrive them.
+    /// Notifications a sink gave up on (`jobledger dev`'s data folder, or the notifier Lambda's
+    /// DynamoDB table): list them, redrive them.
     Notify(notify::NotifyArgs),
     /// Run one attempt of one job (JOB_ID, ATTEMPT, JOBLEDGER_DATA_DIR from the environment);
     /// what `jobledger dev --child-process-workers` starts.

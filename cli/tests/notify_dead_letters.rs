@@ -57,17 +57,27 @@ async fn serve_webhook() -> (Arc<Webhook>, String) {
     (w, url)
 }
 
-/// Runs `jobledger notify <args>` on `dir` with only the given notifier variables set.
-fn jobledger_notify(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+/// The notifier's variables: a test sets the ones it means, and none leaks in from the caller.
+const NOTIFIER_VARS: &[&str] = &[
+    "SLACK_WEBHOOK_URL",
+    "SLACK_BOT_TOKEN",
+    "SLACK_CHANNEL",
+    "SLACK_SECRET_ARN",
+    "SLACK_API_BASE",
+    "NOTION_TOKEN",
+    "NOTION_DATABASE_ID",
+    "NOTION_SECRET_ARN",
+    "NOTION_API_BASE",
+    "EVENTS_TABLE",
+    "RESULTS_BUCKET",
+];
+
+/// Runs `jobledger notify <args>` with only the given notifier variables set; whether it
+/// succeeded, and what it printed.
+fn notify_command(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobledger"));
-    cmd.arg("notify").args(args).arg("--data-dir").arg(dir);
-    for var in [
-        "SLACK_WEBHOOK_URL",
-        "SLACK_BOT_TOKEN",
-        "SLACK_CHANNEL",
-        "NOTION_TOKEN",
-        "NOTION_DATABASE_ID",
-    ] {
+    cmd.arg("notify").args(args);
+    for var in NOTIFIER_VARS {
         cmd.env_remove(var);
     }
     let out = cmd.envs(env.iter().copied()).output().unwrap();
@@ -79,6 +89,12 @@ fn jobledger_notify(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, S
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// `jobledger notify <args>` on `jobledger dev`'s data folder `dir`.
+fn jobledger_notify(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let dir = dir.to_str().unwrap();
+    notify_command(&[args, &["--data-dir", dir]].concat(), env)
 }
 
 struct Dev(Child);
@@ -228,4 +244,174 @@ async fn a_dead_lettered_notification_is_listed_kept_and_redriven_exactly_once()
         "{}",
         delivered[0]
     );
+}
+
+/// On AWS: the `notifier` Lambda's dead letters in its DynamoDB table (moto, under
+/// `scripts/with-moto`), listed, and redriven with the Slack bot token read from Secrets Manager
+/// as the Lambda reads it.
+#[cfg(feature = "dynamodb")]
+mod on_aws {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use chrono::Utc;
+    use jobledger_events::testing::running_job;
+    use jobledger_events::{DynamoEventStore, EventsTables};
+    use jobledger_handlers::notify::{DeadLetterStore, DynamoNotifyStore, NewDeadLetter};
+    use jobledger_testsupport::http::{FakeServer, Reply};
+    use jobledger_testsupport::moto::{self, Moto};
+    use serde_json::{Value, json};
+
+    use super::notify_command;
+
+    const RUN_AS: &str = "scripts/with-moto cargo test -p jobledger-cli --features dynamodb --test notify_dead_letters";
+    const TOKEN: &str = "xoxb-from-secrets-manager";
+
+    /// Slack's Web API: refuses any token but [`TOKEN`], answers 500 while `down`, and keeps the
+    /// messages it accepted.
+    async fn slack(down: Arc<AtomicBool>, posted: Arc<Mutex<Vec<Value>>>) -> FakeServer {
+        FakeServer::start(move |_, seen| {
+            let auth = seen
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if auth != Some(format!("Bearer {TOKEN}").as_str()) {
+                return Reply::json(200, json!({"ok": false, "error": "invalid_auth"}));
+            }
+            if down.load(Ordering::SeqCst) {
+                return Reply::json(500, json!({"ok": false, "error": "internal_error"}));
+            }
+            if seen.path != "/api/chat.postMessage" {
+                return Reply::json(200, json!({"ok": false, "error": "unknown_method"}));
+            }
+            posted.lock().unwrap().push(seen.body.clone());
+            Reply::json(
+                200,
+                json!({"ok": true, "channel": "C0JOBS", "ts": "1700000000.000100"}),
+            )
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lambdas_dead_letters_are_listed_and_redriven_with_its_secret() {
+        // What Terraform deploys: the events table, the results bucket, the notifier's table and
+        // the Slack bot token's secret.
+        let moto = Moto::connect(RUN_AS);
+        let (events, bucket) = (moto::unique("events"), moto::unique("results"));
+        let store = DynamoEventStore::new(
+            moto.dynamo.clone(),
+            moto.s3.clone(),
+            EventsTables {
+                events: events.clone(),
+                idempotency: None,
+                payload_bucket: Some(bucket.clone()),
+            },
+        );
+        store.create_tables().await.unwrap();
+        let table = moto::unique("notifier-state");
+        let states = DynamoNotifyStore::new(moto.dynamo.clone(), &table);
+        states.create_table().await.unwrap();
+        let sdk = jobledger_workers::aws_clients::sdk_config().await;
+        let secret_arn = aws_sdk_secretsmanager::Client::new(&sdk)
+            .create_secret()
+            .name(moto::unique("jobledger-slack"))
+            .secret_string(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_string();
+
+        // A running job whose RUNNING message the Lambda gave up on after a long Slack outage.
+        let (job_id, history) = running_job(&store).await;
+        let running = history.last().unwrap();
+        states
+            .add(NewDeadLetter {
+                sink: "slack-bot".into(),
+                job_id,
+                version: running.version,
+                event_id: running.event_id,
+                seq: 0,
+                error: "Slack answered 500 internal_error".into(),
+                tries: 3,
+                failed_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+
+        let aws = |args: &[&str], env: &[(&str, &str)]| {
+            notify_command(&[&["--dynamodb-table", table.as_str()], args].concat(), env)
+        };
+        let (ok, out) = aws(&["dead-letters", "--json"], &[]);
+        assert!(ok, "{out}");
+        let listed: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+        assert_eq!(listed[0]["job_id"], job_id.to_string());
+        assert_eq!(listed[0]["sink"], "slack-bot");
+        assert_eq!(listed[0]["tries"], 3);
+        let (ok, out) = aws(&["dead-letters", "--sink", "slack"], &[]);
+        assert!(
+            ok && out.contains(&job_id.to_string()) && out.contains("500"),
+            "{out}"
+        );
+        let (ok, out) = aws(&["dead-letters", "--sink", "notion"], &[]);
+        assert!(ok && out.contains("no dead letters"), "{out}");
+
+        // Bad input and missing settings: clear errors, the letter kept.
+        let (ok, out) = notify_command(&["--dynamodb-table", "no-such-table", "dead-letters"], &[]);
+        assert!(!ok && out.contains("no-such-table"), "{out}");
+        let (ok, out) = notify_command(&["--events-table", &events, "dead-letters"], &[]);
+        assert!(!ok && out.contains("--dynamodb-table"), "{out}");
+        let (ok, out) = aws(&["redrive"], &[]);
+        assert!(!ok && out.contains("EVENTS_TABLE"), "{out}");
+        let tables = ["--events-table", &events, "--results-bucket", &bucket];
+        let redrive = [&["redrive"][..], &tables].concat();
+        let (ok, out) = aws(&redrive, &[("SLACK_CHANNEL", "C0JOBS")]);
+        assert!(!ok && out.contains("SLACK_SECRET_ARN"), "{out}");
+        let missing = format!("{secret_arn}-gone");
+        let (ok, out) = aws(
+            &redrive,
+            &[("SLACK_CHANNEL", "C0JOBS"), ("SLACK_SECRET_ARN", &missing)],
+        );
+        assert!(!ok && out.contains(&missing), "{out}");
+        assert!(!out.contains(TOKEN), "{out}");
+        let (ok, out) = aws(&redrive, &[]);
+        assert!(
+            !ok && out.contains("not configured") && out.contains("SLACK_SECRET_ARN"),
+            "no sink configured: {out}"
+        );
+
+        // Slack still down: the redrive fails and the letter stays, one more try counted.
+        let down = Arc::new(AtomicBool::new(true));
+        let posted = Arc::new(Mutex::new(Vec::new()));
+        let server = slack(down.clone(), posted.clone()).await;
+        let api_base = format!("{}/api", server.url());
+        let env = [
+            ("SLACK_CHANNEL", "C0JOBS"),
+            ("SLACK_SECRET_ARN", secret_arn.as_str()),
+            ("SLACK_API_BASE", api_base.as_str()),
+        ];
+        let (ok, out) = aws(&redrive, &env);
+        assert!(!ok && out.contains("failed"), "{out}");
+        let (_, out) = aws(&["dead-letters", "--json"], &[]);
+        let letters: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(letters[0]["tries"], 4, "{letters}");
+        assert!(posted.lock().unwrap().is_empty());
+
+        // Slack is back: one message, with the token from Secrets Manager; the list is empty.
+        down.store(false, Ordering::SeqCst);
+        let job = job_id.to_string();
+        let (ok, out) = aws(&[&redrive[..], &["--job", &job]].concat(), &env);
+        assert!(ok && out.contains("delivered"), "{out}");
+        let posted = posted.lock().unwrap().clone();
+        assert_eq!(posted.len(), 1, "{posted:?}");
+        assert_eq!(posted[0]["channel"], "C0JOBS");
+        assert!(posted[0].to_string().contains("RUNNING"), "{}", posted[0]);
+        let (ok, out) = aws(&["dead-letters"], &[]);
+        assert!(ok && out.contains("no dead letters"), "{out}");
+        let (ok, out) = aws(&redrive, &env);
+        assert!(ok && out.contains("no dead letters to redrive"), "{out}");
+    }
 }

@@ -333,6 +333,17 @@ impl DynamoEventStore {
         }
     }
 
+    /// A store on the events table alone ([`EventsTables::events_only`]): it appends and loads,
+    /// and reads offloaded payloads, but claims no idempotency key and offloads no payload (the
+    /// dispatcher, projector, launcher, sweeper and notifier).
+    pub fn events_only(
+        dynamo: aws_sdk_dynamodb::Client,
+        s3: aws_sdk_s3::Client,
+        events_table: impl Into<String>,
+    ) -> Self {
+        Self::new(dynamo, s3, EventsTables::events_only(events_table))
+    }
+
     /// The table and bucket names.
     pub fn tables(&self) -> &EventsTables {
         &self.tables

@@ -10,7 +10,7 @@ use crate::event::JobEvent;
 use crate::ids::{JobId, new_event_id};
 use crate::job::Job;
 use crate::rejection::Rejection;
-use crate::store::{AppendBatch, EventStore, IdempotencyRecord, StoreError};
+use crate::store::{AppendBatch, EventStore, IdempotencyRecord, LoadedJob, StoreError};
 
 /// How many times a command is re-decided after losing a race to another appender.
 pub const MAX_CONFLICT_RETRIES: usize = 8;
@@ -96,7 +96,7 @@ pub fn fold(job_id: JobId, history: &[RecordedEvent]) -> Result<(Job, Hash), Exe
             version: e.version,
             reason: err.to_string(),
         })?;
-        job = job.evolve(&event);
+        job.absorb(event);
         head = e.hash;
     }
     Ok((job, head))
@@ -152,13 +152,12 @@ pub async fn execute<S: EventStore>(
 ) -> Result<Executed, ExecuteError> {
     let mut attempt = 0;
     loop {
-        let history = store.load(job_id).await?;
-        let (job, head) = fold(job_id, &history)?;
+        let LoadedJob { job, head } = store.load_job(job_id).await?;
         let new_events = job.decide(command)?;
         // Clocks of different actors disagree, and a command decided on a stale read can land
         // after a later one: the ledger's times must still never go back.
         let mut ctx_at = ctx.clone();
-        if let Some(last) = history.last() {
+        if let Some(last) = &head {
             ctx_at.now = ctx_at.now.max(last.at);
             if ctx_at.correlation_id.is_empty() {
                 ctx_at.correlation_id = last.correlation_id.clone();
@@ -169,7 +168,8 @@ pub async fn execute<S: EventStore>(
             ctx_at.correlation_id = new_event_id().to_string();
             ctx_at.causation_id = ctx_at.correlation_id.clone();
         }
-        let recorded = record(job_id, job.version, head, &new_events, &ctx_at);
+        let prev = head.map_or(Hash::ZERO, |h| h.hash);
+        let recorded = record(job_id, job.version, prev, &new_events, &ctx_at);
         let idempotency = match command {
             Command::Submit(_) => ctx.idempotency.clone(),
             _ => None,

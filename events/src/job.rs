@@ -176,6 +176,91 @@ pub struct Job {
     pub error: Option<String>,
 }
 
+/// The body of `evolve` (borrowed event, `clone`) and of `absorb` (owned event, `moved`): one
+/// fold, written once, whichever way the event's strings reach the state.
+macro_rules! fold_event {
+    ($job:ident, $e:expr, $take:ident) => {{
+        $job.version += 1;
+        match $e {
+            JobEvent::JobSubmitted(spec) => {
+                $job.status = Status::Submitted;
+                $job.attempt = 1;
+                $job.total = match &spec.input {
+                    JobInput::Items { items } => items.len() as u64,
+                    JobInput::Uri { .. } => 0,
+                };
+                $job.spec = Some($take!(spec));
+            }
+            JobEvent::JobQueued(_) => $job.status = Status::Queued,
+            JobEvent::TaskLaunched(p) => {
+                if $job.status == Status::Queued {
+                    $job.status = Status::Launching;
+                }
+                $job.task_arn = Some($take!(p.task_arn));
+            }
+            JobEvent::LaunchFailed(p) => {
+                $job.failures += 1;
+                $job.error = Some($take!(p.reason));
+            }
+            JobEvent::AttemptStarted(_) => $job.status = Status::Running,
+            JobEvent::ProgressReported(p) => {
+                $job.done = p.done;
+                $job.failed = p.failed;
+                $job.total = p.total;
+                if p.checkpoint_uri.is_some() {
+                    $job.checkpoint_uri = $take!(p.checkpoint_uri);
+                }
+            }
+            JobEvent::AttemptFailed(p) => {
+                $job.failures += 1;
+                $job.error = Some($take!(p.error));
+            }
+            JobEvent::WorkerInterrupted(_) => $job.interruptions += 1,
+            JobEvent::AttemptTimedOut(p) => {
+                $job.failures += 1;
+                $job.error = Some(format!("attempt {} timed out", p.attempt));
+            }
+            JobEvent::RetryScheduled(p) => {
+                if $job.status.is_terminal() {
+                    $job.failures = 0;
+                    $job.interruptions = 0;
+                    $job.result = None;
+                }
+                $job.status = Status::RetryWait;
+                $job.attempt = p.next_attempt;
+                $job.not_before = Some(p.not_before);
+                $job.task_arn = None;
+            }
+            JobEvent::JobSucceeded(p) => {
+                $job.status = Status::Succeeded;
+                $job.done = p.items_ok;
+                $job.failed = p.items_failed;
+                $job.result = Some($take!(p));
+            }
+            JobEvent::JobFailed(p) => {
+                $job.status = Status::Failed;
+                $job.error = Some($take!(p.reason));
+            }
+            JobEvent::CancelRequested(_) => $job.status = Status::Cancelling,
+            JobEvent::JobCancelled(_) => $job.status = Status::Cancelled,
+        }
+    }};
+}
+
+/// How `evolve` takes a string from a borrowed event.
+macro_rules! clone {
+    ($x:expr) => {
+        $x.clone()
+    };
+}
+
+/// How `absorb` takes a string from an owned event.
+macro_rules! moved {
+    ($x:expr) => {
+        $x
+    };
+}
+
 impl Job {
     /// Folds a whole history.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a JobEvent>) -> Job {
@@ -411,71 +496,14 @@ impl Job {
 
     /// Folds one event into the state. Never decides anything.
     pub fn evolve(mut self, e: &JobEvent) -> Job {
-        self.version += 1;
-        match e {
-            JobEvent::JobSubmitted(spec) => {
-                self.status = Status::Submitted;
-                self.attempt = 1;
-                self.total = match &spec.input {
-                    JobInput::Items { items } => items.len() as u64,
-                    JobInput::Uri { .. } => 0,
-                };
-                self.spec = Some(spec.clone());
-            }
-            JobEvent::JobQueued(_) => self.status = Status::Queued,
-            JobEvent::TaskLaunched(p) => {
-                if self.status == Status::Queued {
-                    self.status = Status::Launching;
-                }
-                self.task_arn = Some(p.task_arn.clone());
-            }
-            JobEvent::LaunchFailed(p) => {
-                self.failures += 1;
-                self.error = Some(p.reason.clone());
-            }
-            JobEvent::AttemptStarted(_) => self.status = Status::Running,
-            JobEvent::ProgressReported(p) => {
-                self.done = p.done;
-                self.failed = p.failed;
-                self.total = p.total;
-                if p.checkpoint_uri.is_some() {
-                    self.checkpoint_uri = p.checkpoint_uri.clone();
-                }
-            }
-            JobEvent::AttemptFailed(p) => {
-                self.failures += 1;
-                self.error = Some(p.error.clone());
-            }
-            JobEvent::WorkerInterrupted(_) => self.interruptions += 1,
-            JobEvent::AttemptTimedOut(p) => {
-                self.failures += 1;
-                self.error = Some(format!("attempt {} timed out", p.attempt));
-            }
-            JobEvent::RetryScheduled(p) => {
-                if self.status.is_terminal() {
-                    self.failures = 0;
-                    self.interruptions = 0;
-                    self.result = None;
-                }
-                self.status = Status::RetryWait;
-                self.attempt = p.next_attempt;
-                self.not_before = Some(p.not_before);
-                self.task_arn = None;
-            }
-            JobEvent::JobSucceeded(p) => {
-                self.status = Status::Succeeded;
-                self.result = Some(p.clone());
-                self.done = p.items_ok;
-                self.failed = p.items_failed;
-            }
-            JobEvent::JobFailed(p) => {
-                self.status = Status::Failed;
-                self.error = Some(p.reason.clone());
-            }
-            JobEvent::CancelRequested(_) => self.status = Status::Cancelling,
-            JobEvent::JobCancelled(_) => self.status = Status::Cancelled,
-        }
+        fold_event!(self, e, clone);
         self
+    }
+
+    /// [`Job::evolve`] in place, taking the event's strings instead of copying them: a replay
+    /// owns the events it decodes and drops them right after.
+    pub fn absorb(&mut self, e: JobEvent) {
+        fold_event!(self, e, moved);
     }
 }
 

@@ -21,11 +21,13 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
+#[cfg(feature = "testing")]
+pub mod workload;
 
 pub use command::{Clock, Command};
 #[cfg(feature = "dynamodb")]
 pub use dynamo::{DynamoEventStore, EventsTables};
-pub use envelope::{Hash, RecordedEvent};
+pub use envelope::{EventHead, Hash, RecordedEvent};
 pub use event::JobEvent;
 pub use execute::{CommandContext, ExecuteError, execute};
 pub use ids::JobId;
@@ -33,4 +35,7 @@ pub use job::{Job, Status};
 pub use rejection::Rejection;
 pub use spec::{JobKind, JobSpec};
 pub use sqlite::SqliteEventStore;
-pub use store::{AppendBatch, ChangeFeed, EventStore, FeedEvent, IdempotencyRecord, StoreError};
+pub use store::{
+    AppendBatch, ChangeFeed, EventStore, FeedEvent, IdempotencyRecord, JobHead, LoadedJob,
+    StoreError,
+};

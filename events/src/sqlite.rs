@@ -17,15 +17,20 @@
 //!
 //! One writer thread owns the only write connection. `append` and `save_checkpoint` send a request
 //! over a channel and wait on a oneshot reply. The writer drains every pending request, runs them in
-//! ONE transaction with a `SAVEPOINT` per request (so a conflicting batch is rolled back alone), and
-//! replies only after `COMMIT` returned: with `synchronous=FULL` the WAL is fsynced by then, so an
-//! acknowledged event survives a crash. One fsync is paid per group instead of per command.
+//! ONE transaction, and replies only after `COMMIT` returned: with `synchronous=FULL` the WAL is
+//! fsynced by then, so an acknowledged event survives a crash. One fsync is paid per group instead
+//! of per command. A failed request is undone alone: a request that writes with one statement (a
+//! single-event append, a checkpoint save) needs nothing more, since SQLite undoes a failed
+//! statement; one that writes with several runs inside a `SAVEPOINT` rolled back on failure.
 //!
 //! # Reads
 //!
 //! Reads run on a few reader threads, each with its own read-only connection, never on the writer,
 //! so a slow reader never delays a commit (WAL readers and the writer do not block each other).
-//! Long histories are split into version ranges decoded on several reader threads at once.
+//! Long histories are split into version ranges decoded on several reader threads at once; the
+//! first scan learns the history's length from its first row, so a short one costs one statement.
+//! `load_job` (what `execute` reads) folds rows straight from SQLite's buffers, without building a
+//! `RecordedEvent` per event; every row is still checked whole, so damage is `Corrupt` either way.
 //!
 //! # Change feed wake-ups
 //!
@@ -41,18 +46,27 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
-use serde_json::value::RawValue;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use crate::envelope::{Hash, RecordedEvent};
+use crate::envelope::RecordedEvent;
+use crate::event::JobEvent;
 use crate::ids::JobId;
-use crate::store::{AppendBatch, ChangeFeed, EventStore, FeedEvent, IdempotencyRecord, StoreError};
+use crate::job::Job;
+use crate::store::{
+    AppendBatch, ChangeFeed, EventStore, FeedEvent, IdempotencyRecord, LoadedJob, StoreError,
+};
+
+mod rows;
+#[cfg(test)]
+mod tests;
+
+use rows::{Envelope, EventRow, encode_envelope};
 
 /// How often `wait_after` looks for commits made by other processes.
 pub const FOREIGN_COMMIT_CHECK: Duration = Duration::from_millis(250);
@@ -62,6 +76,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most requests in one group commit; bounds the latency a single transaction adds.
 const MAX_GROUP: usize = 1024;
+
+/// Page cache of a reader connection: a 10,000-event history (~3 MB) stays cached between loads.
+const READER_CACHE_KIB: u32 = 32 * 1024;
+
+/// Page cache of the write connection. It only needs the b-tree's upper levels and the leaves
+/// being appended to, and a large one costs at every commit: SQLite walks the cache's whole hash
+/// table when a transaction ends (measured: a tenth of a commit-heavy run's instructions at
+/// 32 MiB, none at 2 MiB).
+const WRITER_CACHE_KIB: u32 = 2 * 1024;
 
 /// The layout version kept in `PRAGMA user_version`.
 const LAYOUT_VERSION: i64 = 1;
@@ -95,6 +118,11 @@ const EVENT_COLUMNS: &str = "version, type, data, envelope";
 /// A job's events from version `?2` to `?3`, in order.
 const SCAN_JOB: &str = "SELECT version, type, data, envelope FROM events WHERE job_id = ?1 AND version >= ?2 AND version <= ?3 ORDER BY version";
 
+/// A whole history, and as a fifth column the job's last version (so the first row says whether
+/// the history is long, without a query of its own). The subquery does not depend on the row, so
+/// SQLite runs it once per scan.
+const SCAN_WHOLE_JOB: &str = "SELECT version, type, data, envelope, (SELECT version FROM events WHERE job_id = ?1 AND typeof(version) = 'integer' ORDER BY version DESC LIMIT 1) FROM events WHERE job_id = ?1 AND version >= 1 AND version <= 9223372036854775807 ORDER BY version";
+
 /// Histories at least this long are decoded by several reader threads at once.
 const PARALLEL_LOAD_MIN: u64 = 2_048;
 
@@ -103,13 +131,6 @@ const PARALLEL_LOAD_MIN: u64 = 2_048;
 const HEAD_VERSION: &str = "SELECT version FROM events WHERE job_id = ?1 AND typeof(version) = 'integer' ORDER BY version DESC LIMIT 1";
 
 const INSERT_EVENT: &str = "INSERT INTO events (job_id, version, seq, type, data, envelope) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
-/// The first byte of every `envelope` record.
-const ENVELOPE_FORMAT: u8 = 1;
-/// An id stored as the 16 bytes of a canonical UUID.
-const ID_UUID: u8 = 0;
-/// An id stored as text (length-prefixed UTF-8).
-const ID_TEXT: u8 = 1;
 
 /// Counters of the writer thread, to see how well commits are grouped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,6 +141,9 @@ pub struct WriterStats {
     pub requests: u64,
     /// Events committed.
     pub events: u64,
+    /// Time spent in `COMMIT`: the WAL's fsync, and the checkpoints SQLite runs now and then.
+    /// The next group waits meanwhile, so with many clients it bounds commands/s.
+    pub commit_time: Duration,
 }
 
 #[derive(Default)]
@@ -127,11 +151,22 @@ struct Counters {
     transactions: AtomicU64,
     requests: AtomicU64,
     events: AtomicU64,
+    commit_micros: AtomicU64,
 }
 
 enum WriteOp {
     Append(AppendBatch),
     SaveCheckpoint { consumer: String, seq: u64 },
+}
+
+impl WriteOp {
+    /// How many statements that write the request runs.
+    fn statements(&self) -> usize {
+        match self {
+            WriteOp::Append(batch) => batch.events.len() + usize::from(batch.idempotency.is_some()),
+            WriteOp::SaveCheckpoint { .. } => 1,
+        }
+    }
 }
 
 /// A read to run on one of the reader threads; it sends its own result back.
@@ -181,6 +216,11 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let cache_kib = if read_only {
+        READER_CACHE_KIB
+    } else {
+        WRITER_CACHE_KIB
+    };
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -191,10 +231,11 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(32);
-    // A 10,000-event history is ~3 MB: keep it in the page cache, and map the file so pages that
-    // are not cached cost no read() call.
-    conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;")
-        .map_err(backend)?;
+    // Map the file so pages that are not cached cost no read() call.
+    conn.execute_batch(&format!(
+        "PRAGMA cache_size = -{cache_kib}; PRAGMA mmap_size = 268435456;"
+    ))
+    .map_err(backend)?;
     Ok(conn)
 }
 
@@ -258,6 +299,7 @@ impl SqliteEventStore {
             transactions: c.transactions.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             events: c.events.load(Ordering::Relaxed),
+            commit_time: Duration::from_micros(c.commit_micros.load(Ordering::Relaxed)),
         }
     }
 
@@ -291,16 +333,26 @@ impl SqliteEventStore {
         })?
     }
 
-    /// Loads a long history as consecutive version ranges decoded on several reader threads.
+    /// Reads a long history as consecutive version ranges, each on its own reader thread at once,
+    /// with `read_range(conn, first, from, to, capacity)`; returns the ranges in order, each with
+    /// what it read and its number of rows, once every range is known to be whole.
     ///
     /// Each range is read in its own transaction, which is safe because events are never changed:
     /// versions `1..=head` are the same in every later snapshot, and the last range is open-ended
     /// so it also returns anything appended since `head` was read.
-    async fn load_in_parts(
+    async fn read_in_parts<T, F>(
         &self,
         job_id: JobId,
         head: u64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read_range: F,
+    ) -> Result<Vec<(T, u64)>, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection, bool, u64, u64, usize) -> Result<(T, u64), StoreError>
+            + Clone
+            + Send
+            + 'static,
+    {
         let parts = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 4) as u64;
@@ -314,40 +366,32 @@ impl SqliteEventStore {
             } else {
                 (from + size - 1).min(head)
             };
-            // The first part's vector receives the others, so it is sized for the whole history.
-            let capacity = if part == 0 {
-                head as usize
-            } else {
-                (size as usize).min(head as usize)
-            };
-            let store = self.clone();
+            let capacity = (size as usize).min(head as usize);
+            let (store, read_range) = (self.clone(), read_range.clone());
             tasks.push((
                 from,
                 to,
                 tokio::spawn(async move {
                     store
-                        .read(move |conn| scan_job(conn, job_id, from, to, capacity))
+                        .read(move |conn| read_range(conn, part == 0, from, to, capacity))
                         .await
                 }),
             ));
         }
-        let mut history: Vec<RecordedEvent> = Vec::new();
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut next = 1;
         for (from, to, task) in tasks {
-            let part = task.await.map_err(|e| StoreError::backend(false, e))??;
-            let expected = history.len() as u64 + 1;
-            if from != expected {
-                return Err(missing(job_id, expected, None));
+            let (value, rows) = task.await.map_err(|e| StoreError::backend(false, e))??;
+            if from != next {
+                return Err(missing(job_id, next, None));
             }
-            if to != u64::MAX && part.len() as u64 != to - from + 1 {
-                return Err(missing(job_id, from + part.len() as u64, None));
+            if to != u64::MAX && rows != to - from + 1 {
+                return Err(missing(job_id, from + rows, None));
             }
-            if history.is_empty() {
-                history = part;
-            } else {
-                history.extend(part);
-            }
+            next = from + rows;
+            out.push((value, rows));
         }
-        Ok(history)
+        Ok(out)
     }
 
     /// Publishes the head committed by another process, if `data_version` says there was one.
@@ -461,100 +505,6 @@ fn create_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Writes the envelope fields that have no column of their own, in this order:
-///
-/// | bytes | field |
-/// |---|---|
-/// | 1 | format, [`ENVELOPE_FORMAT`] |
-/// | 16 | `event_id` |
-/// | 32 | `prev_hash` |
-/// | 32 | `hash` |
-/// | 8 | `at`, microseconds since the epoch, little-endian `i64` |
-/// | 4 | `schema`, little-endian `u32` |
-/// | 4 + n | `actor`: length (little-endian `u32`), UTF-8 |
-/// | 17 or 5 + n | `correlation_id`: `0` + 16 UUID bytes if it is a canonical UUID, else `1` + length + UTF-8 |
-/// | 17 or 5 + n | `causation_id`: the same |
-fn encode_envelope(e: &RecordedEvent, out: &mut Vec<u8>) {
-    out.clear();
-    out.push(ENVELOPE_FORMAT);
-    out.extend_from_slice(e.event_id.as_bytes());
-    out.extend_from_slice(&e.prev_hash.0);
-    out.extend_from_slice(&e.hash.0);
-    out.extend_from_slice(&e.at.timestamp_micros().to_le_bytes());
-    out.extend_from_slice(&e.schema.to_le_bytes());
-    push_text(out, &e.actor);
-    push_id(out, &e.correlation_id);
-    push_id(out, &e.causation_id);
-}
-
-fn push_text(out: &mut Vec<u8>, s: &str) {
-    // Envelope strings are far below 4 GiB (DynamoDB items are at most 400 KB).
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn push_id(out: &mut Vec<u8>, s: &str) {
-    if s.len() == 36
-        && let Ok(u) = Uuid::try_parse(s)
-    {
-        let mut buf = [0u8; 36];
-        // Only the canonical spelling is compacted, so decoding gives back the same string.
-        if &*u.hyphenated().encode_lower(&mut buf) == s {
-            out.push(ID_UUID);
-            out.extend_from_slice(u.as_bytes());
-            return;
-        }
-    }
-    out.push(ID_TEXT);
-    push_text(out, s);
-}
-
-/// Reads an `envelope` record; errors say what is wrong, for `StoreError::Corrupt`.
-struct EnvelopeReader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> EnvelopeReader<'a> {
-    fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
-        match self.rest.split_first_chunk::<N>() {
-            Some((head, rest)) => {
-                self.rest = rest;
-                Ok(*head)
-            }
-            None => Err(format!("envelope ends inside {what}")),
-        }
-    }
-
-    fn text(&mut self, what: &str) -> Result<String, String> {
-        let len = u32::from_le_bytes(self.take::<4>(what)?) as usize;
-        if self.rest.len() < len {
-            return Err(format!("envelope ends inside {what}"));
-        }
-        let (bytes, rest) = self.rest.split_at(len);
-        self.rest = rest;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|e| format!("{what} is not UTF-8: {e}"))
-    }
-
-    fn id(&mut self, what: &str) -> Result<String, String> {
-        match self.take::<1>(what)?[0] {
-            ID_UUID => Ok(uuid_string(self.take::<16>(what)?)),
-            ID_TEXT => self.text(what),
-            tag => Err(format!("{what} has unknown tag {tag}")),
-        }
-    }
-}
-
-/// A canonical (lowercase, hyphenated) UUID string, without going through `fmt`.
-fn uuid_string(bytes: [u8; 16]) -> String {
-    let mut buf = [0u8; 36];
-    Uuid::from_bytes(bytes)
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
-}
-
 fn decode_job_id(value: ValueRef<'_>) -> Result<JobId, String> {
     match value {
         ValueRef::Blob(b) => <[u8; 16]>::try_from(b)
@@ -567,76 +517,7 @@ fn decode_job_id(value: ValueRef<'_>) -> Result<JobId, String> {
 /// Reads one event row of job `job_id` (columns in `EVENT_COLUMNS` order), reporting anything
 /// undecodable as `Corrupt` with the job and version it belongs to.
 fn decode_event(row: &rusqlite::Row<'_>, job_id: JobId) -> Result<RecordedEvent, StoreError> {
-    let version = match row.get_ref(0).map_err(backend)? {
-        ValueRef::Integer(v) if v >= 1 => Some(v as u64),
-        _ => None,
-    };
-    let corrupt = |reason: String| StoreError::Corrupt {
-        job_id: job_id.to_string(),
-        version,
-        reason,
-    };
-    let Some(version) = version else {
-        return Err(corrupt("version is not a positive integer".into()));
-    };
-    let text = |i: usize, name: &str| -> Result<String, StoreError> {
-        match row.get_ref(i).map_err(backend)? {
-            ValueRef::Text(t) => std::str::from_utf8(t)
-                .map(str::to_owned)
-                .map_err(|e| corrupt(format!("{name} is not UTF-8: {e}"))),
-            other => Err(corrupt(format!(
-                "{name} is {:?}, not text",
-                other.data_type()
-            ))),
-        }
-    };
-    let event_type = text(1, "type")?;
-    let data = RawValue::from_string(text(2, "data")?)
-        .map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
-    let envelope = match row.get_ref(3).map_err(backend)? {
-        ValueRef::Blob(b) => b,
-        other => {
-            return Err(corrupt(format!(
-                "envelope is {:?}, not a blob",
-                other.data_type()
-            )));
-        }
-    };
-    let mut r = EnvelopeReader { rest: envelope };
-    let decoded = (|| {
-        let format = r.take::<1>("format")?[0];
-        if format != ENVELOPE_FORMAT {
-            return Err(format!("envelope format {format} is unknown"));
-        }
-        let event_id = Uuid::from_bytes(r.take::<16>("event_id")?);
-        let prev_hash = Hash(r.take::<32>("prev_hash")?);
-        let hash = Hash(r.take::<32>("hash")?);
-        let micros = i64::from_le_bytes(r.take::<8>("at")?);
-        let at = DateTime::<Utc>::from_timestamp_micros(micros)
-            .ok_or_else(|| format!("time {micros} µs is out of range"))?;
-        let schema = u32::from_le_bytes(r.take::<4>("schema")?);
-        let actor = r.text("actor")?;
-        let correlation_id = r.id("correlation_id")?;
-        let causation_id = r.id("causation_id")?;
-        if !r.rest.is_empty() {
-            return Err(format!("envelope has {} bytes too many", r.rest.len()));
-        }
-        Ok(RecordedEvent {
-            job_id,
-            version,
-            event_id,
-            event_type,
-            schema,
-            data,
-            at,
-            actor,
-            correlation_id,
-            causation_id,
-            prev_hash,
-            hash,
-        })
-    })();
-    decoded.map_err(corrupt)
+    EventRow::read(row, job_id)?.to_recorded(job_id)
 }
 
 /// The columns [`decode_event_row`] reads, in order (`version, type, data, envelope`), for bulk
@@ -652,29 +533,161 @@ pub fn decode_event_row(
     decode_event(row, job_id)
 }
 
-/// Reads versions `from..=to` of a job, checking that none is missing.
+/// Which of a job's rows a scan reads.
+#[derive(Clone, Copy, Debug)]
+enum Scan {
+    /// Versions `from..=to`.
+    Range { from: u64, to: u64 },
+    /// Every version, unless the first row shows the history has at least
+    /// [`PARALLEL_LOAD_MIN`] events: then none (the caller reads it in parallel ranges).
+    WholeIfShort,
+}
+
+/// What a scan found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scanned {
+    /// It read this many rows.
+    Rows(u64),
+    /// (`WholeIfShort` only) It read nothing: the history is long; this is its last version.
+    Long(u64),
+}
+
+impl Scanned {
+    /// The rows read (none for `Long`).
+    fn rows(self) -> u64 {
+        match self {
+            Scanned::Rows(n) => n,
+            Scanned::Long(_) => 0,
+        }
+    }
+}
+
+/// Reads a job's rows in version order, handing each to `each`; checks that none is missing.
+fn scan_rows(
+    conn: &Connection,
+    job_id: JobId,
+    scan: Scan,
+    mut each: impl FnMut(&EventRow<'_>) -> Result<(), StoreError>,
+) -> Result<Scanned, StoreError> {
+    let job = &job_id.as_uuid().as_bytes()[..];
+    let (mut stmt, from) = match scan {
+        Scan::Range { from, to } => {
+            let mut stmt = conn.prepare_cached(SCAN_JOB).map_err(backend)?;
+            let to = i64::try_from(to).unwrap_or(i64::MAX);
+            stmt.raw_bind_parameter(1, job)
+                .and_then(|()| stmt.raw_bind_parameter(2, from as i64))
+                .and_then(|()| stmt.raw_bind_parameter(3, to))
+                .map_err(backend)?;
+            (stmt, from)
+        }
+        Scan::WholeIfShort => {
+            let mut stmt = conn.prepare_cached(SCAN_WHOLE_JOB).map_err(backend)?;
+            stmt.raw_bind_parameter(1, job).map_err(backend)?;
+            (stmt, 1)
+        }
+    };
+    let mut rows = stmt.raw_query();
+    let mut next = from;
+    while let Some(row) = rows.next().map_err(backend)? {
+        if next == from
+            && matches!(scan, Scan::WholeIfShort)
+            && let ValueRef::Integer(head) = row.get_ref(4).map_err(backend)?
+            && head as u64 >= PARALLEL_LOAD_MIN
+        {
+            return Ok(Scanned::Long(head as u64));
+        }
+        let row = EventRow::read(row, job_id)?;
+        if row.version != next {
+            return Err(missing(job_id, next, Some(row.version)));
+        }
+        each(&row)?;
+        next += 1;
+    }
+    Ok(Scanned::Rows(next - from))
+}
+
+/// Reads versions `from..=to` of a job as recorded events.
 fn scan_job(
     conn: &Connection,
     job_id: JobId,
-    from: u64,
-    to: u64,
+    scan: Scan,
     capacity: usize,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(SCAN_JOB).map_err(backend)?;
-    let to = i64::try_from(to).unwrap_or(i64::MAX);
-    let mut rows = stmt
-        .query(params![&job_id.as_uuid().as_bytes()[..], from as i64, to])
-        .map_err(backend)?;
-    let mut out: Vec<RecordedEvent> = Vec::with_capacity(capacity);
-    while let Some(row) = rows.next().map_err(backend)? {
-        let event = decode_event(row, job_id)?;
-        let expected = from + out.len() as u64;
-        if event.version != expected {
-            return Err(missing(job_id, expected, Some(event.version)));
+) -> Result<(Vec<RecordedEvent>, Scanned), StoreError> {
+    let mut out = Vec::with_capacity(capacity);
+    let scanned = scan_rows(conn, job_id, scan, |row| {
+        out.push(row.to_recorded(job_id)?);
+        Ok(())
+    })?;
+    Ok((out, scanned))
+}
+
+/// Rows of a job decoded for its fold: the first range of a history is folded
+/// on the spot into `job`; a later one is decoded into `events`, folded after it in order.
+#[derive(Default)]
+struct DecodedRange {
+    job: Job,
+    events: Vec<JobEvent>,
+    /// The version and `envelope` record of the range's last row.
+    last: Option<(u64, Vec<u8>)>,
+}
+
+fn decode_range(
+    conn: &Connection,
+    job_id: JobId,
+    first: bool,
+    scan: Scan,
+    capacity: usize,
+) -> Result<(DecodedRange, Scanned), StoreError> {
+    let mut out = DecodedRange {
+        events: Vec::with_capacity(if first { 0 } else { capacity }),
+        ..DecodedRange::default()
+    };
+    let mut last = (0, Vec::new());
+    let scanned = scan_rows(conn, job_id, scan, |row| {
+        let event = row.decode(job_id)?;
+        if first {
+            out.job.absorb(event);
+        } else {
+            out.events.push(event);
         }
-        out.push(event);
+        // Only the last row's head is needed; keeping its record is cheaper than decoding each.
+        last.0 = row.version;
+        last.1.clear();
+        last.1.extend_from_slice(row.envelope_bytes);
+        Ok(())
+    })?;
+    if scanned.rows() > 0 {
+        out.last = Some(last);
     }
-    Ok(out)
+    Ok((out, scanned))
+}
+
+/// Folds decoded ranges, in order, into the job and its head.
+fn fold_ranges(
+    job_id: JobId,
+    ranges: impl IntoIterator<Item = DecodedRange>,
+) -> Result<LoadedJob, StoreError> {
+    let mut ranges = ranges.into_iter();
+    let Some(first) = ranges.next() else {
+        return Ok(LoadedJob::default());
+    };
+    let mut job = first.job;
+    let mut last = first.last;
+    for range in ranges {
+        for event in range.events {
+            job.absorb(event);
+        }
+        last = range.last.or(last);
+    }
+    let head = match last {
+        None => None,
+        Some((version, envelope)) => Some(
+            Envelope::parse(&envelope)
+                .map_err(|reason| rows::corrupt(job_id, Some(version), reason))?
+                .head(version),
+        ),
+    };
+    Ok(LoadedJob { job, head })
 }
 
 /// A hole in a history: a row whose key was damaged no longer matches its job.
@@ -687,17 +700,6 @@ fn missing(job_id: JobId, version: u64, next: Option<u64>) -> StoreError {
             None => format!("version {version} is missing"),
         },
     }
-}
-
-fn head_version(conn: &Connection, job_id: JobId) -> Result<u64, StoreError> {
-    let head: Option<i64> = conn
-        .prepare_cached(HEAD_VERSION)
-        .and_then(|mut s| {
-            s.query_row(params![&job_id.as_uuid().as_bytes()[..]], |r| r.get(0))
-                .optional()
-        })
-        .map_err(backend)?;
-    Ok(head.map_or(0, |h| h.max(0) as u64))
 }
 
 fn decode_idempotency(
@@ -808,14 +810,18 @@ impl Writer {
         let mut events = 0u64;
         for request in group {
             let before = seq;
-            let result = self
-                .exec("SAVEPOINT request")
-                .and_then(|()| match &request.op {
-                    WriteOp::Append(batch) => self.append(batch, &mut seq),
-                    WriteOp::SaveCheckpoint { consumer, seq } => {
-                        self.save_checkpoint(consumer, *seq)
-                    }
-                });
+            // A single statement is undone on its own when it fails; a request that writes with
+            // several needs a savepoint to be rolled back alone (and savepoints are not free).
+            let savepoint = request.op.statements() > 1;
+            let result = if savepoint {
+                self.exec("SAVEPOINT request")
+            } else {
+                Ok(())
+            }
+            .and_then(|()| match &request.op {
+                WriteOp::Append(batch) => self.append(batch, &mut seq),
+                WriteOp::SaveCheckpoint { consumer, seq } => self.save_checkpoint(consumer, *seq),
+            });
             if self.conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (I/O error, disk full): nothing of this
                 // group was written, so no request may be acknowledged.
@@ -826,7 +832,7 @@ impl Writer {
             }
             match result {
                 Ok(()) => {
-                    if let Err(e) = self.exec("RELEASE request") {
+                    if savepoint && let Err(e) = self.exec("RELEASE request") {
                         self.rollback();
                         return fail_all(&e);
                     }
@@ -835,9 +841,10 @@ impl Writer {
                 }
                 Err(e) => {
                     seq = before;
-                    if let Err(undo) = self
-                        .exec("ROLLBACK TO request")
-                        .and_then(|()| self.exec("RELEASE request"))
+                    if savepoint
+                        && let Err(undo) = self
+                            .exec("ROLLBACK TO request")
+                            .and_then(|()| self.exec("RELEASE request"))
                     {
                         self.rollback();
                         return fail_all(&undo);
@@ -846,7 +853,12 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self.exec("COMMIT") {
+        let committing = Instant::now();
+        let committed = self.exec("COMMIT");
+        self.counters
+            .commit_micros
+            .fetch_add(committing.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Err(e) = committed {
             self.rollback();
             return fail_all(&e);
         }
@@ -996,19 +1008,44 @@ fn copy_error(e: &StoreError) -> StoreError {
 
 impl EventStore for SqliteEventStore {
     async fn load(&self, job_id: JobId) -> Result<Vec<RecordedEvent>, StoreError> {
-        let first = self
-            .read(move |conn| {
-                let head = head_version(conn, job_id)?;
-                if head >= PARALLEL_LOAD_MIN {
-                    return Ok(Err(head));
-                }
-                // The head may move before the scan: read to the end, the head only sizes the vector.
-                scan_job(conn, job_id, 1, u64::MAX, head as usize).map(Ok)
+        let (history, scanned) = self
+            .read(move |conn| scan_job(conn, job_id, Scan::WholeIfShort, 0))
+            .await?;
+        let Scanned::Long(head) = scanned else {
+            return Ok(history);
+        };
+        let parts = self
+            .read_in_parts(job_id, head, move |conn, _, from, to, capacity| {
+                let (part, scanned) = scan_job(conn, job_id, Scan::Range { from, to }, capacity)?;
+                Ok((part, scanned.rows()))
             })
             .await?;
-        match first {
-            Ok(history) => Ok(history),
-            Err(head) => self.load_in_parts(job_id, head).await,
+        let mut history = Vec::with_capacity(parts.iter().map(|(_, rows)| *rows as usize).sum());
+        for (part, _) in parts {
+            history.extend(part);
+        }
+        Ok(history)
+    }
+
+    /// Folds each row straight from SQLite's buffers: no `RecordedEvent` is built, so no
+    /// envelope string is copied and the payload is parsed once (by its decoding) instead of
+    /// being checked as JSON first. Every row is still read whole, so a damaged one is `Corrupt`.
+    async fn load_job(&self, job_id: JobId) -> Result<LoadedJob, StoreError> {
+        let (range, scanned) = self
+            .read(move |conn| decode_range(conn, job_id, true, Scan::WholeIfShort, 0))
+            .await?;
+        match scanned {
+            Scanned::Rows(_) => fold_ranges(job_id, [range]),
+            Scanned::Long(head) => {
+                let parts = self
+                    .read_in_parts(job_id, head, move |conn, first, from, to, capacity| {
+                        let (range, scanned) =
+                            decode_range(conn, job_id, first, Scan::Range { from, to }, capacity)?;
+                        Ok((range, scanned.rows()))
+                    })
+                    .await?;
+                fold_ranges(job_id, parts.into_iter().map(|(range, _)| range))
+            }
         }
     }
 

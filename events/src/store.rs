@@ -4,9 +4,11 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::envelope::RecordedEvent;
+use crate::envelope::{Hash, RecordedEvent};
 use crate::ids::JobId;
+use crate::job::Job;
 
 /// An `Idempotency-Key` claimed by a submission, stored in the same transaction as its `JobSubmitted`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +100,62 @@ impl StoreError {
     }
 }
 
+/// The newest event of a job: what the next appended event chains from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobHead {
+    /// Its version (the job's version).
+    pub version: u64,
+    /// Its hash: the next event's `prev_hash`.
+    pub hash: Hash,
+    /// When it was recorded: the next event is never recorded earlier.
+    pub at: DateTime<Utc>,
+    /// Its id: the cause of an event that continues the chain.
+    pub event_id: Uuid,
+    /// Its correlation id, which an event that continues the chain keeps.
+    pub correlation_id: String,
+}
+
+impl JobHead {
+    /// The head fields of a stored event.
+    pub fn of(e: &RecordedEvent) -> Self {
+        JobHead {
+            version: e.version,
+            hash: e.hash,
+            at: e.at,
+            event_id: e.event_id,
+            correlation_id: e.correlation_id.clone(),
+        }
+    }
+}
+
+/// A job folded from its stored history, without the history: what `execute` decides on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadedJob {
+    /// The aggregate (`Job::default()` for a job with no events).
+    pub job: Job,
+    /// Its newest event; `None` for a job with no events.
+    pub head: Option<JobHead>,
+}
+
+impl LoadedJob {
+    /// Folds a history loaded in full; an event that does not decode is `Corrupt`.
+    pub fn fold(job_id: JobId, history: &[RecordedEvent]) -> Result<Self, StoreError> {
+        let mut job = Job::default();
+        for e in history {
+            let event = e.decode().map_err(|err| StoreError::Corrupt {
+                job_id: job_id.to_string(),
+                version: Some(e.version),
+                reason: err.to_string(),
+            })?;
+            job.absorb(event);
+        }
+        Ok(LoadedJob {
+            job,
+            head: history.last().map(JobHead::of),
+        })
+    }
+}
+
 /// The ledger: per-job histories with conditional appends.
 pub trait EventStore: Send + Sync {
     /// A job's whole history in version order (empty if the job does not exist).
@@ -105,6 +163,19 @@ pub trait EventStore: Send + Sync {
         &self,
         job_id: JobId,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The job folded from its whole history, and its newest event: [`EventStore::load`] then
+    /// [`LoadedJob::fold`], unless a store can fold without building every `RecordedEvent`.
+    /// A stored event that cannot be read or decoded is `Corrupt`, as in `load`.
+    fn load_job(
+        &self,
+        job_id: JobId,
+    ) -> impl Future<Output = Result<LoadedJob, StoreError>> + Send {
+        async move {
+            let history = self.load(job_id).await?;
+            LoadedJob::fold(job_id, &history)
+        }
+    }
 
     /// Appends a batch if the job's head is still `expected_version`; else `Conflict` and nothing is written.
     fn append(&self, batch: AppendBatch) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -23,7 +23,9 @@ use crate::execute::{CommandContext, ExecuteError, execute, record};
 use crate::ids::JobId;
 use crate::job::Job;
 use crate::spec::{Item, JobInput, JobKind, JobSpec, Notify};
-use crate::store::{AppendBatch, ChangeFeed, EventStore, IdempotencyRecord, StoreError};
+use crate::store::{
+    AppendBatch, ChangeFeed, EventStore, IdempotencyRecord, JobHead, LoadedJob, StoreError,
+};
 
 /// What a store's tests provide so the conformance suite can run against it.
 pub trait StoreHarness<S: EventStore> {
@@ -215,6 +217,7 @@ where
     concurrent_appenders_get_one_winner_per_version(harness).await;
     a_reused_idempotency_key_returns_the_original_claim(harness).await;
     a_long_history_loads_whole_and_in_order(harness).await;
+    load_job_is_the_fold_of_load(harness).await;
     a_corrupt_item_is_reported_with_job_and_version(harness).await;
     the_hash_chain_continues_across_appends(harness).await;
     an_older_payload_schema_is_upcast_on_read(harness).await;
@@ -565,6 +568,37 @@ pub async fn a_long_history_loads_whole_and_in_order<S: EventStore, H: StoreHarn
     assert_eq!(loaded, history, "the long history changed");
 }
 
+/// `load_job` gives what folding `load`'s history gives: the aggregate and the newest event's
+/// head, for a job with no events, a short one and a 5,000-event one.
+pub async fn load_job_is_the_fold_of_load<S: EventStore, H: StoreHarness<S>>(harness: &H) {
+    let store = harness.fresh().await;
+    assert_eq!(
+        expect_ok(
+            "load_job of an unknown job",
+            store.load_job(JobId::new()).await
+        ),
+        LoadedJob::default(),
+        "a job with no events must load as the default job with no head"
+    );
+    let (short, short_history) = running_job(&store).await;
+    let long = JobId::new();
+    let long_history = build_history(long, 4_996);
+    expect_ok(
+        "appending the history",
+        append_history(&store, &long_history, 500).await,
+    );
+    for (job_id, history) in [(short, short_history), (long, long_history)] {
+        let loaded = expect_ok("load_job", store.load_job(job_id).await);
+        let folded = expect_ok(
+            "folding the loaded history",
+            LoadedJob::fold(job_id, &expect_ok("load", store.load(job_id).await)),
+        );
+        assert_eq!(loaded, folded, "load_job differs from the fold of load");
+        assert_eq!(loaded.job.version, history.len() as u64);
+        assert_eq!(loaded.head, history.last().map(JobHead::of));
+    }
+}
+
 /// A stored event that cannot be decoded is an error naming the job and version — never a panic,
 /// never skipped.
 pub async fn a_corrupt_item_is_reported_with_job_and_version<S: EventStore, H: StoreHarness<S>>(
@@ -581,6 +615,12 @@ pub async fn a_corrupt_item_is_reported_with_job_and_version<S: EventStore, H: S
             assert_eq!(version, Some(2), "Corrupt must name the version");
         }
         other => panic!("loading a corrupt history gave {other:?}, not Corrupt"),
+    }
+    match store.load_job(job_id).await {
+        Err(StoreError::Corrupt {
+            job_id: j, version, ..
+        }) => assert_eq!((j, version), (job_id.to_string(), Some(2))),
+        other => panic!("load_job of a corrupt history gave {other:?}, not Corrupt"),
     }
     let refused = execute(
         &store,

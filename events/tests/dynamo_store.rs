@@ -7,14 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, WriteRequest,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use jobledger_events::chain::{compute_hash, verify_chain};
 use jobledger_events::command::Command;
-use jobledger_events::dynamo::{DynamoEventStore, EventsTables, event_item};
+use jobledger_events::dynamo::{DynamoEventStore, EventsTables};
 use jobledger_events::execute::{execute, record};
 use jobledger_events::ids::JobId;
 use jobledger_events::store::{AppendBatch, EventStore, IdempotencyRecord, StoreError};
@@ -22,51 +18,12 @@ use jobledger_events::testing::{
     self, StoreHarness, build_history, noop_spec, running_job, test_context, test_time,
 };
 use jobledger_events::{Hash, JobEvent, RecordedEvent};
+use jobledger_testsupport::http::{FakeServer, Reply};
+use jobledger_testsupport::moto::{self, unique};
 use serde_json::value::RawValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: these tests need a moto server; run them as \
-             `scripts/with-moto cargo test -p jobledger-events --features dynamodb,testing --test dynamo_store`"
-        )
-    })
-}
-
-fn region() -> Region {
-    Region::new(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()))
-}
-
-fn credentials() -> Credentials {
-    Credentials::new("test", "test", None, None, "moto")
-}
-
-fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(region())
-        .credentials_provider(credentials())
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
-
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_sdk_s3::config::Region::new(region().to_string()))
-        .credentials_provider(credentials())
-        // moto serves buckets by path, not by virtual host.
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
+/// How to run this file, for the message when moto is missing.
+const RUN_AS: &str = "scripts/with-moto cargo test -p jobledger-events --features dynamodb,testing --test dynamo_store";
 
 /// Fresh tables and a fresh bucket per store; corruption by writing the item with the SDK.
 struct Moto {
@@ -76,11 +33,8 @@ struct Moto {
 
 impl Moto {
     fn new() -> Self {
-        let endpoint = endpoint();
-        Moto {
-            dynamo: dynamo_client(&endpoint),
-            s3: s3_client(&endpoint),
-        }
+        let moto::Moto { dynamo, s3, .. } = moto::Moto::connect(RUN_AS);
+        Moto { dynamo, s3 }
     }
 
     /// A store on new tables made by `create_tables`, except that the events table has no
@@ -88,41 +42,7 @@ impl Moto {
     /// keeps every record in memory: with a stream, a 5,000-event history takes moto past 4 GB.
     /// `create_tables_makes_the_terraform_key_schema_with_a_new_image_stream` covers the stream.
     async fn store_with(&self, tables: EventsTables) -> DynamoEventStore {
-        self.dynamo
-            .create_table()
-            .table_name(&tables.events)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("job_id")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("attribute"),
-            )
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("version")
-                    .attribute_type(ScalarAttributeType::N)
-                    .build()
-                    .expect("attribute"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("job_id")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .expect("key"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("version")
-                    .key_type(KeyType::Range)
-                    .build()
-                    .expect("key"),
-            )
-            .send()
-            .await
-            .expect("create the events table");
+        moto::create_events_table(&self.dynamo, &tables.events).await;
         let store = DynamoEventStore::new(self.dynamo.clone(), self.s3.clone(), tables);
         // The events table exists, so this makes the idempotency table and the bucket.
         store.create_tables().await.expect("create tables");
@@ -146,17 +66,7 @@ impl Moto {
         job_id: JobId,
         version: u64,
     ) -> HashMap<String, AttributeValue> {
-        self.dynamo
-            .get_item()
-            .table_name(&store.tables().events)
-            .key("job_id", AttributeValue::S(job_id.to_string()))
-            .key("version", AttributeValue::N(version.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .expect("get item")
-            .item
-            .expect("item exists")
+        moto::event_item_at(&self.dynamo, &store.tables().events, job_id, version).await
     }
 }
 
@@ -250,47 +160,9 @@ fn expect_corrupt(
     }
 }
 
-/// Writes a history with `BatchWriteItem`, item for item as `append` would write it.
-///
-/// Moto gap: moto 5.2.5 deep-copies every table a `TransactWriteItems` touches (to roll back) and
-/// its `BaseModel` registry keeps every copied object forever, so memory and time grow with the
-/// square of the table's size: appending 5,000 events in transactions of 25 needs tens of GB.
-/// Long histories are therefore seeded here; the transactional path is covered by every other
-/// test, including a full 100-item transaction.
-async fn seed_history(moto: &Moto, store: &DynamoEventStore, history: &[RecordedEvent]) {
-    for chunk in history.chunks(25) {
-        let mut requests = chunk
-            .iter()
-            .map(|e| {
-                let item = event_item(e).expect("item");
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item))
-                            .build()
-                            .expect("put"),
-                    )
-                    .build()
-            })
-            .collect::<Vec<_>>();
-        while !requests.is_empty() {
-            let out = moto
-                .dynamo
-                .batch_write_item()
-                .request_items(store.tables().events.clone(), requests)
-                .send()
-                .await
-                .expect("batch write");
-            requests = out
-                .unprocessed_items
-                .and_then(|mut u| u.remove(&store.tables().events))
-                .unwrap_or_default();
-        }
-    }
-}
-
 /// The conformance case `a_long_history_loads_whole_and_in_order`, with the history seeded (see
-/// `seed_history`), plus proof that the backend really paged.
+/// `moto::seed_events`: moto's transactions cannot hold it), plus proof that the backend really
+/// paged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_history_over_one_megabyte_is_read_in_several_pages_and_loads_whole() {
     let moto = Moto::new();
@@ -303,7 +175,7 @@ async fn a_long_history_over_one_megabyte_is_read_in_several_pages_and_loads_who
         .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
         .sum();
     assert!(bytes > 1 << 20, "the history is only {bytes} bytes");
-    seed_history(&moto, &store, &history).await;
+    moto::seed_events(&moto.dynamo, &store.tables().events, &history).await;
     // The backend must really page: a single Query stops at 1 MB and says where to go on.
     let first_page = moto
         .dynamo
@@ -888,68 +760,87 @@ async fn create_tables_makes_the_terraform_key_schema_with_a_new_image_stream() 
     assert_eq!(ttl.attribute_name(), Some("expires_at"));
 }
 
+/// The dispatcher's, projector's, launcher's, sweeper's and notifier's store: the events table
+/// alone, as Terraform configures those functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_only_store_appends_and_reads_offloaded_payloads_but_claims_and_offloads_nothing()
+{
+    let moto = Moto::new();
+    let full = moto.fresh().await;
+    let events = full.tables().events.clone();
+    let store = DynamoEventStore::events_only(moto.dynamo.clone(), moto.s3.clone(), &events);
+    assert_eq!(store.tables(), &EventsTables::events_only(&events));
+
+    let (job_id, history) = running_job(&store).await;
+    assert_eq!(store.load(job_id).await.expect("load"), history);
+    assert_eq!(full.load(job_id).await.expect("load"), history);
+
+    // A payload the api offloaded to S3 loads back through it.
+    let big_job = JobId::new();
+    let big = big_submission(big_job, &[], 350_000);
+    full.append(AppendBatch {
+        job_id: big_job,
+        expected_version: 0,
+        events: vec![big.clone()],
+        idempotency: None,
+    })
+    .await
+    .expect("the full store offloads");
+    assert_eq!(store.load(big_job).await.expect("load"), vec![big]);
+
+    // It has no idempotency table to claim a key in, nor a bucket to offload to: both refused,
+    // and nothing written.
+    let fresh = JobId::new();
+    let claim = IdempotencyRecord {
+        key: "api-key:k#events-only".into(),
+        job_id: fresh,
+        fingerprint: "f".into(),
+        created_at: test_time(0),
+    };
+    let claimed = store
+        .append(AppendBatch {
+            job_id: fresh,
+            expected_version: 0,
+            events: build_history(fresh, 0)[..1].to_vec(),
+            idempotency: Some(claim),
+        })
+        .await;
+    assert!(
+        matches!(&claimed, Err(StoreError::Backend { retryable: false, source }) if source.to_string().contains("IDEMPOTENCY_TABLE")),
+        "{claimed:?}"
+    );
+    let offloaded = store
+        .append(AppendBatch {
+            job_id: fresh,
+            expected_version: 0,
+            events: vec![big_submission(fresh, &[], 350_000)],
+            idempotency: None,
+        })
+        .await;
+    assert!(
+        matches!(&offloaded, Err(StoreError::Backend { retryable: false, source }) if source.to_string().contains("no payload bucket")),
+        "{offloaded:?}"
+    );
+    assert!(store.load(fresh).await.expect("load").is_empty());
+}
+
 /// A fake DynamoDB endpoint that answers every request with `status` and `body`, so error
 /// mapping can be tested for replies moto never gives (throttling, 5xx, transaction conflicts).
 async fn fake_dynamodb(status: u16, body: &'static str) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Ok(n) = socket.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf);
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())
-                                .flatten()
-                        })
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + length {
-                        continue;
-                    }
-                    buf.drain(..end + 4 + length);
-                    let reply = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if socket.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
+    let server = FakeServer::start(move |_, _| {
+        Reply::text(status, body).header("content-type", "application/x-amz-json-1.0")
+    })
+    .await;
+    server.url()
 }
 
 fn store_at(endpoint: &str) -> DynamoEventStore {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(region())
-        .credentials_provider(credentials())
+    let config = moto::dynamo_config(endpoint)
         .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
         .build();
     DynamoEventStore::new(
         aws_sdk_dynamodb::Client::from_conf(config),
-        s3_client(endpoint),
+        moto::s3_client(endpoint),
         EventsTables::new("events", "idempotency", "bucket"),
     )
 }

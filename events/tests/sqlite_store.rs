@@ -78,6 +78,7 @@ conformance!(
     concurrent_appenders_get_one_winner_per_version,
     a_reused_idempotency_key_returns_the_original_claim,
     a_long_history_loads_whole_and_in_order,
+    load_job_is_the_fold_of_load,
     a_corrupt_item_is_reported_with_job_and_version,
     the_hash_chain_continues_across_appends,
     an_older_payload_schema_is_upcast_on_read,

@@ -11,7 +11,8 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
-use jobledger_events::execute::{ExecuteError, fold, record};
+use jobledger_events::execute::{ExecuteError, record};
+use jobledger_events::store::JobHead;
 use jobledger_events::{
     AppendBatch, Command, CommandContext, EventStore, FeedEvent, Hash, Job, JobEvent, JobId,
     RecordedEvent, Rejection, StoreError, execute,
@@ -129,29 +130,46 @@ fn requested_attempt(event: &RecordedEvent) -> Result<Option<Request>, DispatchE
     })
 }
 
-/// A job's history as loaded, folded: what a reactor decides on without loading it again.
+/// A job as loaded, folded: what a reactor decides on, and appends to, without loading it again.
 pub struct LoadedJob {
     /// The job.
     pub job_id: JobId,
-    /// Its events.
-    pub history: Vec<RecordedEvent>,
     /// The folded state.
     pub job: Job,
-    /// The hash of the last event (the chain's head).
-    pub head: Hash,
+    /// Its newest event (what the next event chains from); `None` for an unknown job.
+    pub head: Option<JobHead>,
 }
 
 impl LoadedJob {
-    /// Loads and folds a job.
+    /// Loads and folds a job (with the store's [`EventStore::load_job`], which need not build
+    /// every event of the history).
     pub async fn load<S: EventStore>(store: &S, job_id: JobId) -> Result<Self, ExecuteError> {
-        let history = store.load(job_id).await?;
-        let (job, head) = fold(job_id, &history)?;
+        let loaded = store.load_job(job_id).await?;
         Ok(LoadedJob {
             job_id,
-            history,
-            job,
-            head,
+            job: loaded.job,
+            head: loaded.head,
         })
+    }
+
+    /// The job as its first event, `JobSubmitted`, left it: what the ledger holds if nothing was
+    /// appended since (an append on it expects version 1, so the store catches anything else).
+    pub fn from_submission(event: &RecordedEvent) -> Result<Self, DispatchError> {
+        let decoded = event.decode().map_err(|e| DispatchError::Corrupt {
+            job_id: event.job_id,
+            event_id: event.event_id,
+            reason: e.to_string(),
+        })?;
+        Ok(LoadedJob {
+            job_id: event.job_id,
+            job: Job::default().evolve(&decoded),
+            head: Some(JobHead::of(event)),
+        })
+    }
+
+    /// The correlation id of the job's newest event, if any.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.head.as_ref().map(|h| h.correlation_id.as_str())
     }
 
     /// Decides `command` on this state and appends the events, as `execute` does but without
@@ -166,10 +184,11 @@ impl LoadedJob {
         let new_events = self.job.decide(command)?;
         let mut at = ctx.clone();
         // The ledger's times never go back, whatever the actors' clocks say (as in `execute`).
-        if let Some(last) = self.history.last() {
-            at.now = at.now.max(last.at);
+        if let Some(head) = &self.head {
+            at.now = at.now.max(head.at);
         }
-        let events = record(self.job_id, self.job.version, self.head, &new_events, &at);
+        let prev = self.head.as_ref().map_or(Hash::ZERO, |h| h.hash);
+        let events = record(self.job_id, self.job.version, prev, &new_events, &at);
         let batch = AppendBatch {
             job_id: self.job_id,
             expected_version: self.job.version,
@@ -186,6 +205,25 @@ impl LoadedJob {
     }
 }
 
+/// How the dispatch core learns the state of the job a request is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchPolicy {
+    /// Decide a fresh submission (a `JobSubmitted` recorded less than [`FRESH_SUBMISSION`] ago)
+    /// on the event itself instead of loading the job. If the job moved on meanwhile (delivered
+    /// before, or cancelled), its message is a copy the queue drops (same deduplication id within
+    /// its window) or one the launcher skips, and `JobQueued` is refused by the ledger. Only for a
+    /// queue that keeps deduplication ids after a delete, as SQS and the local queue do.
+    pub trust_fresh_submissions: bool,
+}
+
+/// How young a `JobSubmitted` must be for [`DispatchPolicy::trust_fresh_submissions`]: well inside
+/// the queues' five-minute deduplication window, with room for clocks that disagree.
+pub const FRESH_SUBMISSION: chrono::Duration = chrono::Duration::seconds(60);
+
+fn is_fresh_submission(event: &RecordedEvent, now: DateTime<Utc>) -> bool {
+    event.version == 1 && event.event_type == "JobSubmitted" && now - event.at < FRESH_SUBMISSION
+}
+
 /// A request that the job still accepts: its message is to be sent, then `JobQueued` recorded.
 struct Planned {
     loaded: LoadedJob,
@@ -198,8 +236,15 @@ type PlanResult = Result<Result<Planned, DispatchOutcome>, DispatchError>;
 
 /// Step one of a dispatch: decode the event and ask the job (loaded once) whether queueing is
 /// still legal, so an old event re-delivered after the deduplication window (stream retries can
-/// come hours later) sends no stray message.
-async fn plan<S: EventStore>(store: &S, event: &RecordedEvent) -> PlanResult {
+/// come hours later) sends no stray message. Under [`DispatchPolicy::trust_fresh_submissions`] a
+/// fresh submission is asked of the state its own event describes; a copy of its message sent on a
+/// re-delivery falls inside the deduplication window.
+async fn plan<S: EventStore>(
+    store: &S,
+    event: &RecordedEvent,
+    now: DateTime<Utc>,
+    policy: DispatchPolicy,
+) -> PlanResult {
     let Some(Request {
         attempt,
         not_before,
@@ -208,7 +253,11 @@ async fn plan<S: EventStore>(store: &S, event: &RecordedEvent) -> PlanResult {
         return Ok(Err(DispatchOutcome::Ignored));
     };
     let job_id = event.job_id;
-    let loaded = LoadedJob::load(store, job_id).await?;
+    let loaded = if policy.trust_fresh_submissions && is_fresh_submission(event, now) {
+        LoadedJob::from_submission(event)?
+    } else {
+        LoadedJob::load(store, job_id).await?
+    };
     let probe = Command::MarkQueued {
         attempt,
         message_id: String::new(),
@@ -274,7 +323,7 @@ pub async fn dispatch_one<S: EventStore, Q: JobQueue>(
     event: &RecordedEvent,
     now: DateTime<Utc>,
 ) -> Result<DispatchOutcome, DispatchError> {
-    let planned = match plan(store, event).await? {
+    let planned = match plan(store, event, now, DispatchPolicy::default()).await? {
         Ok(planned) => planned,
         Err(outcome) => return Ok(outcome),
     };
@@ -331,6 +380,17 @@ pub async fn dispatch_batch<S: EventStore, Q: JobQueue>(
     records: &[StreamRecord],
     now: DateTime<Utc>,
 ) -> BatchReport<DispatchError> {
+    dispatch_batch_with(store, queue, records, now, DispatchPolicy::default()).await
+}
+
+/// [`dispatch_batch`] with a [`DispatchPolicy`].
+pub async fn dispatch_batch_with<S: EventStore, Q: JobQueue>(
+    store: &S,
+    queue: &Q,
+    records: &[StreamRecord],
+    now: DateTime<Utc>,
+    policy: DispatchPolicy,
+) -> BatchReport<DispatchError> {
     let mut done = vec![false; records.len()];
     let mut errors: BTreeMap<usize, DispatchError> = BTreeMap::new();
     // Jobs with a failed request: their later records wait for redelivery, in order.
@@ -363,7 +423,7 @@ pub async fn dispatch_batch<S: EventStore, Q: JobQueue>(
             round
                 .into_iter()
                 .map(|i| -> Task<'_, _> {
-                    Box::pin(async move { (i, plan(store, &records[i].event).await) })
+                    Box::pin(async move { (i, plan(store, &records[i].event, now, policy).await) })
                 })
                 .collect(),
             DISPATCH_CONCURRENCY,

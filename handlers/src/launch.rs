@@ -221,10 +221,9 @@ pub async fn launch_one<S: EventStore, Q: JobQueue, L: TaskLauncher>(
 
     let ctx = CommandContext {
         actor: ACTOR.to_string(),
-        correlation_id: loaded.history.last().map_or_else(
-            || message.event_id.to_string(),
-            |e| e.correlation_id.clone(),
-        ),
+        correlation_id: loaded
+            .correlation_id()
+            .map_or_else(|| message.event_id.to_string(), str::to_string),
         causation_id: message.event_id.to_string(),
         now: clock.now,
         idempotency: None,

@@ -23,6 +23,10 @@ pub const PROJECTOR: &str = "projector";
 pub const FEED_BATCH: usize = 256;
 /// Tries of an event that fails for good before the local projector skips it (its DLQ).
 pub const MAX_POISON_TRIES: u32 = 5;
+/// How long the local projector waits, once new events arrive at the end of the feed, for more
+/// to join them: the read model lags by at most this much, and under load each batch holds many
+/// events, often several of one job.
+pub const PROJECTOR_LINGER: Duration = Duration::from_millis(10);
 /// Longest pause between retries of a failing batch.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
@@ -152,22 +156,57 @@ pub async fn project_one<S: EventStore, V: ViewStore>(
 /// Views the local projector keeps between batches before it starts over (a bound on memory).
 pub const VIEW_CACHE_LIMIT: usize = 50_000;
 
+/// Views of unfinished jobs as the local projector last wrote them, so consecutive batches need
+/// not read a job's view again; emptied before a batch once it holds more than its limit.
+#[derive(Debug)]
+pub struct ProjectorCache {
+    views: HashMap<JobId, JobView>,
+    limit: usize,
+}
+
+impl Default for ProjectorCache {
+    fn default() -> Self {
+        ProjectorCache::new(VIEW_CACHE_LIMIT)
+    }
+}
+
+impl ProjectorCache {
+    /// A cache of at most about `limit` views.
+    pub fn new(limit: usize) -> Self {
+        ProjectorCache {
+            views: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// Views held now.
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether it holds no view.
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+}
+
 /// Projects `events` in order into views held in `cache`, and writes every view the batch changed
 /// with one [`ViewStore::upsert_many`] (one transaction, one fsync for the whole batch, instead of
 /// one per event). Same report as [`project`]: on a failure, the events before it are written.
 ///
-/// `cache` holds views as this projector last wrote them, so consecutive batches need not read a
-/// job's view again. The store's version guard keeps it honest: when a write is refused (someone
-/// wrote a newer view) the batch's views are dropped from the cache and read again next time.
+/// The store's version guard keeps the cache honest: when a write is refused (someone wrote a
+/// newer view) the batch's views are dropped from the cache and read again next time. When the
+/// write fails, nothing of the batch is reported done and nothing unwritten stays cached.
 pub async fn project_batch<S: EventStore, V: ViewStore>(
     store: &S,
     views: &V,
-    cache: &mut HashMap<JobId, JobView>,
+    cache: &mut ProjectorCache,
     events: &[RecordedEvent],
 ) -> BatchReport<ProjectError> {
-    if cache.len() > VIEW_CACHE_LIMIT {
-        cache.clear();
+    if cache.views.len() > cache.limit {
+        cache.views.clear();
     }
+    let cache = &mut cache.views;
     let mut changed: Vec<JobId> = Vec::new();
     let mut succeeded = 0;
     let mut error = None;
@@ -193,7 +232,12 @@ pub async fn project_batch<S: EventStore, V: ViewStore>(
             .filter_map(|id| cache.get(id).cloned())
             .collect();
         match views.upsert_many(&dirty).await {
-            Ok(written) if written == dirty.len() => {}
+            Ok(written) if written == dirty.len() => {
+                // A finished job rarely gets another event: its view need not stay in memory.
+                for view in dirty.iter().filter(|v| v.status.is_terminal()) {
+                    cache.remove(&view.job_id);
+                }
+            }
             Ok(_) => {
                 // Some view was newer in the store: read those jobs again next time.
                 for id in &changed {
@@ -229,6 +273,9 @@ async fn next_view<S: EventStore, V: ViewStore>(
 ) -> Result<Option<JobView>, ProjectError> {
     let current = match cache.get(&event.job_id) {
         Some(view) => Some(view.clone()),
+        // A job's first event starts its view: nothing to read. Should the store hold a later
+        // view (the feed replayed after a restart), its version guard refuses this one.
+        None if event.version == 1 => None,
         None => views.get(event.job_id).await?,
     };
     let head = current.as_ref().map_or(0, |v| v.last_version);
@@ -271,7 +318,7 @@ where
     let mut checkpoint = store.checkpoint(PROJECTOR).await?;
     // (feed position, tries) of the event that failed last.
     let mut failing: (u64, u32) = (0, 0);
-    let mut cache = HashMap::new();
+    let mut cache = ProjectorCache::default();
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -292,28 +339,31 @@ where
                 _ = store.wait_after(checkpoint) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             }
+            // Let a few more commits land: one batch then writes them, and a job's consecutive
+            // events, with one view write and one transaction.
+            if pause(PROJECTOR_LINGER, &mut shutdown).await {
+                return Ok(());
+            }
             continue;
         }
-        let events: Vec<RecordedEvent> = feed.iter().map(|f| f.event.clone()).collect();
+        let seqs: Vec<u64> = feed.iter().map(|f| f.seq).collect();
+        let events: Vec<RecordedEvent> = feed.into_iter().map(|f| f.event).collect();
         let report = project_batch(store, views, &mut cache, &events).await;
         let mut next = match report.succeeded {
             0 => checkpoint,
-            n => feed[n - 1].seq,
+            n => seqs[n - 1],
         };
-        if let (Some(error), Some(failed)) = (report.error, feed.get(report.succeeded)) {
-            let tries = if failing.0 == failed.seq {
-                failing.1 + 1
-            } else {
-                1
-            };
-            failing = (failed.seq, tries);
+        let failed = seqs.get(report.succeeded).zip(events.get(report.succeeded));
+        if let (Some(error), Some((&seq, failed))) = (report.error, failed) {
+            let tries = if failing.0 == seq { failing.1 + 1 } else { 1 };
+            failing = (seq, tries);
             if !error.is_retryable() && tries >= MAX_POISON_TRIES {
-                tracing::error!(error = %error, job_id = %failed.event.job_id, version = failed.event.version,
-                    seq = failed.seq, tries, "projector skips an event that keeps failing");
-                next = failed.seq;
+                tracing::error!(error = %error, job_id = %failed.job_id, version = failed.version,
+                    seq, tries, "projector skips an event that keeps failing");
+                next = seq;
             } else {
-                tracing::warn!(error = %error, job_id = %failed.event.job_id, version = failed.event.version,
-                    seq = failed.seq, tries, "projector will retry");
+                tracing::warn!(error = %error, job_id = %failed.job_id, version = failed.version,
+                    seq, tries, "projector will retry");
             }
         }
         if next != checkpoint {

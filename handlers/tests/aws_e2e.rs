@@ -26,13 +26,12 @@ use std::sync::{Arc, Mutex};
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_lambda_events::event::streams::{DynamoDbEventResponse, SqsEventResponse};
-use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
 use aws_sdk_ecs::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_ecs::config::retry::RetryConfig;
 use aws_sdk_ecs::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use jobledger_events::chain::verify_chain;
 use jobledger_events::{
@@ -45,6 +44,9 @@ use jobledger_handlers::aws::{EcsConfig, EcsTaskLauncher, SqsJobQueue};
 use jobledger_handlers::launch::LaunchPolicy;
 use jobledger_handlers::ports::{JobMessage, JobQueue, SystemTime};
 use jobledger_projections::{DynamoJobViews, JobView, ViewStore};
+use jobledger_testsupport::http::{FakeServer, Reply};
+use jobledger_testsupport::moto;
+use jobledger_testsupport::streams::StreamReader;
 use jobledger_workers::{AttemptOutcome, ObjectStore, S3ObjectStore, WorkerEnv, run_attempt};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -161,165 +163,18 @@ impl RunTaskTap {
 
 /// A local endpoint that answers every call as ECS does when it throttles.
 async fn throttling_endpoint() -> String {
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post(|| async {
-            (
-                StatusCode::BAD_REQUEST,
-                [("content-type", "application/x-amz-json-1.1")],
-                json!({"__type": "ThrottlingException", "message": "Rate exceeded"}).to_string(),
-            )
-                .into_response()
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the throttling endpoint");
-    let url = format!("http://{}/", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
-}
-
-/// Calls moto's EC2 query API (the workspace has no EC2 SDK) and returns every `<tag>` value.
-async fn ec2_ids(endpoint: &str, action: &str, tag: &str) -> Vec<String> {
-    let body = reqwest::Client::new()
-        .post(endpoint)
-        // moto routes by the credential scope; it does not check the signature.
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+    let server = FakeServer::start(|_, _| {
+        Reply::json(
+            400,
+            json!({"__type": "ThrottlingException", "message": "Rate exceeded"}),
         )
-        .form(&[("Action", action), ("Version", "2016-11-15")])
-        .send()
-        .await
-        .expect("EC2 call")
-        .text()
-        .await
-        .expect("EC2 answer");
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    body.split(&open)
-        .skip(1)
-        .filter_map(|rest| rest.split(&close).next())
-        .map(String::from)
-        .collect()
+        .header("content-type", "application/x-amz-json-1.1")
+    })
+    .await;
+    format!("{}/", server.url())
 }
 
 // ---- the DynamoDB stream side ----
-
-fn ddb_json(v: &AttributeValue) -> Value {
-    match v {
-        AttributeValue::S(s) => json!({"S": s}),
-        AttributeValue::N(n) => json!({"N": n}),
-        AttributeValue::Bool(b) => json!({"BOOL": b}),
-        AttributeValue::Null(b) => json!({"NULL": b}),
-        AttributeValue::L(items) => json!({"L": items.iter().map(ddb_json).collect::<Vec<_>>()}),
-        AttributeValue::M(m) => json!({"M": image(m)}),
-        AttributeValue::Ss(items) => json!({"SS": items}),
-        AttributeValue::Ns(items) => json!({"NS": items}),
-        other => panic!("the ledger writes no attribute like {other:?}"),
-    }
-}
-
-fn image(m: &HashMap<String, AttributeValue>) -> Map<String, Value> {
-    m.iter().map(|(k, v)| (k.clone(), ddb_json(v))).collect()
-}
-
-/// Reads a table's stream from its start, batch after batch, in the shape Lambda delivers.
-///
-/// Like Lambda's poller it remembers the last sequence number it read and asks for a fresh
-/// iterator after it each time. (Moto gap: a `TransactWriteItems` that fails a condition restores
-/// a deep copy of the table, stream included, so an iterator taken before it never sees a later
-/// record.)
-struct StreamReader {
-    client: aws_sdk_dynamodbstreams::Client,
-    arn: String,
-    shard: String,
-    last_sequence: Option<String>,
-}
-
-impl StreamReader {
-    async fn open(client: aws_sdk_dynamodbstreams::Client, arn: String) -> Self {
-        let described = client
-            .describe_stream()
-            .stream_arn(&arn)
-            .send()
-            .await
-            .expect("DescribeStream");
-        let shards = described
-            .stream_description()
-            .map(|d| d.shards())
-            .unwrap_or_default();
-        // A new table's stream has one shard; more would need per-shard readers.
-        assert_eq!(shards.len(), 1, "one shard: {shards:?}");
-        let shard = shards[0].shard_id().expect("shard id").to_string();
-        StreamReader {
-            client,
-            arn,
-            shard,
-            last_sequence: None,
-        }
-    }
-
-    /// The records written since the last call, as the Lambda event a function would receive
-    /// (serialised and parsed again, so only what travels as JSON gets through).
-    async fn next(&mut self) -> StreamEvent {
-        let request = self
-            .client
-            .get_shard_iterator()
-            .stream_arn(&self.arn)
-            .shard_id(&self.shard);
-        let request = match &self.last_sequence {
-            Some(seq) => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .sequence_number(seq),
-            None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
-        };
-        let iterator = request
-            .send()
-            .await
-            .expect("GetShardIterator")
-            .shard_iterator
-            .expect("the shard is open");
-        let out = self
-            .client
-            .get_records()
-            .shard_iterator(iterator)
-            .send()
-            .await
-            .expect("GetRecords");
-        if let Some(last) = out.records().last() {
-            self.last_sequence = last
-                .dynamodb()
-                .and_then(|d| d.sequence_number())
-                .map(String::from);
-        }
-        let records: Vec<Value> = out
-            .records()
-            .iter()
-            .map(|r| {
-                let d = r.dynamodb().expect("a DynamoDB record");
-                json!({
-                    "eventID": r.event_id(),
-                    "eventName": r.event_name().map(|n| n.as_str()),
-                    "eventVersion": r.event_version(),
-                    "eventSource": "aws:dynamodb",
-                    "awsRegion": r.aws_region(),
-                    "dynamodb": {
-                        "ApproximateCreationDateTime": d.approximate_creation_date_time().map(|t| t.secs()),
-                        "Keys": d.keys().map(image),
-                        "NewImage": d.new_image().map(image),
-                        "SequenceNumber": d.sequence_number(),
-                        "SizeBytes": d.size_bytes(),
-                        "StreamViewType": d.stream_view_type().map(|t| t.as_str()),
-                    },
-                    "eventSourceARN": self.arn,
-                })
-            })
-            .collect();
-        let text = json!({ "Records": records }).to_string();
-        serde_json::from_str(&text).expect("the Lambda DynamoDB event shape")
-    }
-}
 
 fn stream_failures(response: &DynamoDbEventResponse) -> Vec<String> {
     response
@@ -339,14 +194,9 @@ fn sqs_failures(response: &SqsEventResponse) -> Vec<String> {
 
 // ---- the stack ----
 
-fn moto_endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: run these tests under scripts/with-moto \
-             (scripts/with-moto cargo nextest run -p jobledger-handlers --all-features --test aws_e2e)"
-        )
-    })
-}
+/// How to run this file, for the message when moto is missing.
+const RUN_AS: &str =
+    "scripts/with-moto cargo nextest run -p jobledger-handlers --all-features --test aws_e2e";
 
 /// One deployment on moto: every resource named uniquely for one test.
 struct Stack {
@@ -423,7 +273,7 @@ impl Names {
 impl Stack {
     /// A deployment of its own, created on moto with unique names.
     async fn new() -> Stack {
-        let endpoint = moto_endpoint();
+        let endpoint = moto::endpoint(RUN_AS);
         let sdk = jobledger_handlers::aws::sdk_config().await;
         let suffix = Uuid::now_v7().simple().to_string();
         let name = |what: &str| format!("e2e-{what}-{suffix}");
@@ -483,8 +333,8 @@ impl Stack {
             .await
             .expect("task definition");
         // moto's RunTask checks that the subnets exist in its EC2: use its default VPC's.
-        let subnets = ec2_ids(&endpoint, "DescribeSubnets", "subnetId").await;
-        let groups = ec2_ids(&endpoint, "DescribeSecurityGroups", "groupId").await;
+        let subnets = moto::ec2_ids(&endpoint, "DescribeSubnets", "subnetId").await;
+        let groups = moto::ec2_ids(&endpoint, "DescribeSecurityGroups", "groupId").await;
         assert!(
             !subnets.is_empty() && !groups.is_empty(),
             "moto's default VPC"

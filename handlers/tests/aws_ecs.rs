@@ -15,6 +15,7 @@ use jobledger_events::JobId;
 use jobledger_events::event::Capacity;
 use jobledger_handlers::aws::{EcsConfig, EcsTaskLauncher};
 use jobledger_handlers::ports::TaskLauncher;
+use jobledger_testsupport::moto;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -225,37 +226,17 @@ async fn throttling_and_server_errors_are_retryable_and_client_errors_permanent(
 
 // ---- moto ----
 
+/// How to run this file, for the message when moto is missing (it needs moto's ECS and EC2).
+const RUN_AS: &str =
+    "scripts/with-moto cargo test -p jobledger-handlers --features aws --test aws_ecs";
+
 async fn sdk() -> aws_config::SdkConfig {
-    assert!(
-        std::env::var("AWS_ENDPOINT_URL").is_ok(),
-        "AWS_ENDPOINT_URL is not set: run this test under scripts/with-moto (it needs moto's ECS and EC2)"
-    );
+    moto::endpoint(RUN_AS);
     jobledger_handlers::aws::sdk_config().await
 }
 
-/// Calls moto's EC2 query API (the workspace has no EC2 SDK) and returns every `<tag>` value.
 async fn ec2_ids(action: &str, tag: &str) -> Vec<String> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect("moto endpoint");
-    let body = reqwest::Client::new()
-        .post(endpoint)
-        // moto routes by the credential scope; it does not check the signature.
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .form(&[("Action", action), ("Version", "2016-11-15")])
-        .send()
-        .await
-        .expect("EC2 call")
-        .text()
-        .await
-        .expect("EC2 answer");
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    body.split(&open)
-        .skip(1)
-        .filter_map(|rest| rest.split(&close).next())
-        .map(String::from)
-        .collect()
+    moto::ec2_ids(&moto::endpoint(RUN_AS), action, tag).await
 }
 
 /// A cluster and a task definition (container-level memory: moto's RunTask needs it), on moto's

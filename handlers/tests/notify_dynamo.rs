@@ -15,18 +15,20 @@ use jobledger_handlers::aws::config::NotifierLambdaConfig;
 use jobledger_handlers::aws::sdk_config;
 use jobledger_handlers::notify::secrets::{fetch_secret, lambda_notifier_config};
 use jobledger_handlers::notify::{DynamoNotifyStore, NotifyStateStore, SinkState, StateError};
+use jobledger_testsupport::moto;
+
+/// How to run this file, for the message when moto is missing.
+const RUN_AS: &str =
+    "scripts/with-moto cargo test -p jobledger-handlers --features aws --test notify_dynamo";
 
 fn require_moto() {
-    assert!(
-        std::env::var("AWS_ENDPOINT_URL").is_ok(),
-        "AWS_ENDPOINT_URL is not set: run this test under scripts/with-moto"
-    );
+    moto::endpoint(RUN_AS);
 }
 
 async fn store() -> DynamoNotifyStore {
     require_moto();
     let sdk = sdk_config().await;
-    let table = format!("notifier-state-{}", uuid::Uuid::now_v7().simple());
+    let table = moto::unique("notifier-state");
     let store = DynamoNotifyStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     store.create_table().await.expect("create table");
     store

@@ -11,14 +11,13 @@ use std::time::Duration;
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::streams::DynamoDbEventResponse;
-use aws_sdk_dynamodb::types::AttributeValue;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
 use chrono::{DateTime, TimeZone, Utc};
-use jobledger_events::dynamo::{EventsTables, event_item};
+use jobledger_events::dynamo::event_item;
 use jobledger_events::testing::running_job;
 use jobledger_events::{DynamoEventStore, RecordedEvent, SqliteEventStore};
 use jobledger_handlers::aws::config::{ConfigError, NotifierLambdaConfig};
@@ -29,8 +28,10 @@ use jobledger_handlers::notify::{
     DeadLetterStore, HttpRetry, Notifier, NotifierConfig, NotifyClock, NotifyStateStore, Outcome,
     Secret, SqliteNotifyStore,
 };
+use jobledger_testsupport::moto;
+use jobledger_testsupport::streams::item_image;
 use jobledger_workers::FsObjectStore;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 const BOT_TOKEN: &str = "xoxb-glue-token";
 const NOTION_TOKEN: &str = "ntn_glue_token";
@@ -246,24 +247,6 @@ async fn serve() -> (Arc<Mock>, String) {
 
 // ---------------------------------------------------------------- stream batches from a ledger
 
-fn ddb_json(v: &AttributeValue) -> Value {
-    match v {
-        AttributeValue::S(s) => json!({"S": s}),
-        AttributeValue::N(n) => json!({"N": n}),
-        AttributeValue::Bool(b) => json!({"BOOL": b}),
-        AttributeValue::Null(b) => json!({"NULL": b}),
-        AttributeValue::L(items) => json!({"L": items.iter().map(ddb_json).collect::<Vec<_>>()}),
-        AttributeValue::M(m) => json!({"M": image(m)}),
-        AttributeValue::Ss(items) => json!({"SS": items}),
-        AttributeValue::Ns(items) => json!({"NS": items}),
-        other => panic!("unexpected attribute {other:?}"),
-    }
-}
-
-fn image(m: &HashMap<String, AttributeValue>) -> Map<String, Value> {
-    m.iter().map(|(k, v)| (k.clone(), ddb_json(v))).collect()
-}
-
 /// The sequence number of the stream record of `event` (stream order = ledger order here).
 fn seq(event: &RecordedEvent) -> String {
     format!("{}00", event.version)
@@ -284,7 +267,7 @@ fn batch(events: &[&RecordedEvent]) -> StreamEvent {
                 "dynamodb": {
                     "ApproximateCreationDateTime": 1764046800,
                     "Keys": {"job_id": {"S": e.job_id.to_string()}, "version": {"N": e.version.to_string()}},
-                    "NewImage": image(&item),
+                    "NewImage": item_image(&item),
                     "SequenceNumber": seq(e),
                     "SizeBytes": 512,
                     "StreamViewType": "NEW_IMAGE",
@@ -296,24 +279,14 @@ fn batch(events: &[&RecordedEvent]) -> StreamEvent {
     serde_json::from_value(json!({"Records": records})).expect("stream event")
 }
 
-/// `DynamoEventStore` as the Lambda's image decoder; its clients are never called for inline payloads.
+/// `DynamoEventStore` as the Lambda's image decoder. Its clients are never called for inline
+/// payloads: they point at a port nothing listens on.
 fn decoder() -> DynamoEventStore {
-    let creds = aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test");
-    let region = aws_sdk_dynamodb::config::Region::new("us-east-1");
-    let dynamo = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(region.clone())
-        .credentials_provider(creds.clone())
-        .build();
-    let s3 = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(region)
-        .credentials_provider(creds)
-        .build();
-    DynamoEventStore::new(
-        aws_sdk_dynamodb::Client::from_conf(dynamo),
-        aws_sdk_s3::Client::from_conf(s3),
-        EventsTables::events_only("events"),
+    let nowhere = "http://127.0.0.1:9";
+    DynamoEventStore::events_only(
+        moto::dynamo_client(nowhere),
+        moto::s3_client(nowhere),
+        "events",
     )
 }
 

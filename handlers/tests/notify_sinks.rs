@@ -884,7 +884,7 @@ async fn a_jobs_whole_life_is_one_slack_message_and_one_notion_page_updated_in_p
         .unwrap();
     let url = button["elements"][0]["url"].as_str().unwrap();
     assert!(
-        url.starts_with("file://") && url.ends_with(&format!("results/{job_id}/1.jsonl")),
+        url.starts_with("file://") && url.ends_with(&format!("results/{job_id}~1.jsonl")),
         "{url}"
     );
     assert!(last.to_string().contains("Download link expires in 1d 0h"));

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use jobledger_events::event::{Capacity, DecodeError, Usage};
 use jobledger_events::spec::{JobInput, Notify};
-use jobledger_events::{JobEvent, JobId, JobKind, RecordedEvent, Status};
+use jobledger_events::{EventHead, JobEvent, JobId, JobKind, RecordedEvent, Status};
 use serde::{Deserialize, Serialize};
 
 /// Items done, failed and in all, as last reported (or as the result counted them).
@@ -35,8 +35,10 @@ pub struct JobView {
     /// Item counts.
     pub progress: Progress,
     /// When `JobSubmitted` was recorded.
+    #[serde(serialize_with = "json_time::serialize")]
     pub created_at: DateTime<Utc>,
     /// When the last folded event was recorded.
+    #[serde(serialize_with = "json_time::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Where the results are, once succeeded.
     pub result_uri: Option<String>,
@@ -60,13 +62,17 @@ pub struct JobView {
     #[serde(default)]
     pub total_interruptions: u32,
     /// When the current attempt's `AttemptStarted` was recorded (cleared when a retry is scheduled).
+    #[serde(serialize_with = "json_time::option")]
     pub attempt_started_at: Option<DateTime<Utc>>,
     /// When the last `AttemptStarted` or `ProgressReported` was recorded: the worker's heartbeat.
+    #[serde(serialize_with = "json_time::option")]
     pub heartbeat_at: Option<DateTime<Utc>>,
     /// When the current attempt's task was launched (cleared when a retry is scheduled).
+    #[serde(serialize_with = "json_time::option")]
     #[serde(default)]
     pub launched_at: Option<DateTime<Utc>>,
     /// When the job reached a terminal status (cleared by a manual retry).
+    #[serde(serialize_with = "json_time::option")]
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,
     /// Wall-clock limit of one attempt, in seconds.
@@ -74,6 +80,7 @@ pub struct JobView {
     /// Attempts that may fail before the job fails.
     pub max_attempts: u32,
     /// The next attempt is not to be launched before this time.
+    #[serde(serialize_with = "json_time::option")]
     pub not_before: Option<DateTime<Utc>>,
     /// Higher runs first where a backend can order work.
     pub priority: i32,
@@ -134,6 +141,99 @@ pub enum ProjectionError {
     },
 }
 
+/// JSON times exactly as chrono's serde impl writes them (RFC 3339, `Z`, a fraction of 0, 3, 6
+/// or 9 digits), without going through its formatter one character at a time: a view holds up
+/// to seven times, and a rebuild writes every view.
+mod json_time {
+    use chrono::{DateTime, Datelike, Timelike, Utc};
+    use serde::{Serialize, Serializer};
+
+    /// A small text buffer, long enough for any four-digit-year time.
+    pub(super) struct Text {
+        buf: [u8; 32],
+        len: usize,
+    }
+
+    impl Text {
+        fn push(&mut self, byte: u8) {
+            self.buf[self.len] = byte;
+            self.len += 1;
+        }
+
+        /// `value` in `digits` decimal digits, zero-padded.
+        fn digits(&mut self, value: u32, digits: u32) {
+            for i in (0..digits).rev() {
+                self.push(b'0' + (value / 10u32.pow(i) % 10) as u8);
+            }
+        }
+
+        pub(super) fn as_str(&self) -> Option<&str> {
+            std::str::from_utf8(&self.buf[..self.len]).ok()
+        }
+    }
+
+    /// `at` as chrono writes it, when its year has four digits (chrono adds a sign otherwise).
+    pub(super) fn text(at: &DateTime<Utc>) -> Option<Text> {
+        let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
+        let (mut second, mut nano) = (at.second(), at.nanosecond());
+        // A leap second is written as second 60, as chrono does.
+        if nano >= 1_000_000_000 {
+            second += 1;
+            nano -= 1_000_000_000;
+        }
+        let mut t = Text {
+            buf: [0; 32],
+            len: 0,
+        };
+        t.digits(year, 4);
+        for (sep, value) in [
+            (b'-', at.month()),
+            (b'-', at.day()),
+            (b'T', at.hour()),
+            (b':', at.minute()),
+            (b':', second),
+        ] {
+            t.push(sep);
+            t.digits(value, 2);
+        }
+        let (fraction, digits) = match nano {
+            0 => (0, 0),
+            n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+            n if n % 1_000 == 0 => (n / 1_000, 6),
+            n => (n, 9),
+        };
+        if digits > 0 {
+            t.push(b'.');
+            t.digits(fraction, digits);
+        }
+        t.push(b'Z');
+        Some(t)
+    }
+
+    /// Serializes a time.
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        let text = text(at);
+        match text.as_ref().and_then(Text::as_str) {
+            Some(text) => s.serialize_str(text),
+            None => at.serialize(s),
+        }
+    }
+
+    /// Serializes an optional time.
+    pub fn option<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        struct Time<'a>(&'a DateTime<Utc>);
+        impl Serialize for Time<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize(self.0, s)
+            }
+        }
+        match at {
+            Some(at) => s.serialize_some(&Time(at)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 impl JobView {
     /// Folds one event into a view (`None` before the job's first event).
     ///
@@ -143,8 +243,21 @@ impl JobView {
         view: Option<JobView>,
         event: &RecordedEvent,
     ) -> Result<Option<JobView>, ProjectionError> {
+        let mut view = view;
+        JobView::apply_in_place(&mut view, event.head(), || event.decode())?;
+        Ok(view)
+    }
+
+    /// [`JobView::apply`] in place, for folds that read events without owning a `RecordedEvent`
+    /// (a replay reading an export): `decode` is called only when the payload is needed, exactly
+    /// when `apply` would decode it. On error the view is left as it was.
+    pub fn apply_in_place(
+        view: &mut Option<JobView>,
+        event: EventHead<'_>,
+        decode: impl FnOnce() -> Result<JobEvent, DecodeError>,
+    ) -> Result<(), ProjectionError> {
         let decoded = || {
-            event.decode().map_err(|source| ProjectionError::Decode {
+            decode().map_err(|source| ProjectionError::Decode {
                 job_id: event.job_id,
                 version: event.version,
                 source,
@@ -153,10 +266,10 @@ impl JobView {
         let misplaced = |where_| ProjectionError::Misplaced {
             job_id: event.job_id,
             version: event.version,
-            event_type: event.event_type.clone(),
+            event_type: event.event_type.to_string(),
             where_,
         };
-        let Some(mut view) = view else {
+        let Some(view) = view else {
             if event.version != 1 {
                 return Err(ProjectionError::Gap {
                     job_id: event.job_id,
@@ -165,7 +278,10 @@ impl JobView {
                 });
             }
             return match decoded()? {
-                JobEvent::JobSubmitted(spec) => Ok(Some(JobView::submitted(event, &spec))),
+                JobEvent::JobSubmitted(spec) => {
+                    *view = Some(JobView::submitted(&event, spec));
+                    Ok(())
+                }
                 _ => Err(misplaced("as the first event")),
             };
         };
@@ -176,7 +292,7 @@ impl JobView {
             });
         }
         if event.version <= view.last_version {
-            return Ok(Some(view));
+            return Ok(());
         }
         if event.version != view.last_version + 1 {
             return Err(ProjectionError::Gap {
@@ -271,7 +387,7 @@ impl JobView {
         }
         view.last_version = event.version;
         view.updated_at = at;
-        Ok(Some(view))
+        Ok(())
     }
 
     /// Folds a whole history (in version order); `None` for an empty one.
@@ -280,7 +396,7 @@ impl JobView {
     }
 
     /// The view right after `JobSubmitted`.
-    fn submitted(event: &RecordedEvent, spec: &jobledger_events::JobSpec) -> JobView {
+    fn submitted(event: &EventHead<'_>, spec: jobledger_events::JobSpec) -> JobView {
         let total = match &spec.input {
             JobInput::Items { items } => items.len() as u64,
             JobInput::Uri { .. } => 0,
@@ -303,7 +419,7 @@ impl JobView {
             last_version: event.version,
             error: None,
             notify: spec.notify,
-            metadata: spec.metadata.clone(),
+            metadata: spec.metadata,
             failures: 0,
             interruptions: 0,
             total_interruptions: 0,
@@ -340,6 +456,56 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn times_are_written_exactly_as_chrono_writes_them() {
+        #[derive(Serialize)]
+        struct Ours {
+            #[serde(serialize_with = "json_time::serialize")]
+            at: DateTime<Utc>,
+            #[serde(serialize_with = "json_time::option")]
+            maybe: Option<DateTime<Utc>>,
+        }
+        #[derive(Serialize)]
+        struct Chrono {
+            at: DateTime<Utc>,
+            maybe: Option<DateTime<Utc>>,
+        }
+        let mut seed = 0x5851_f42d_4c95_7f2du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut times: Vec<DateTime<Utc>> = (0..20_000)
+            .map(|i| {
+                // Years from before 0 to after 9999; every precision of the fraction.
+                let secs = (next() % 700_000_000_000) as i64 - 100_000_000_000;
+                let nanos = match i % 4 {
+                    0 => 0,
+                    1 => (next() % 1000) as u32 * 1_000_000,
+                    2 => (next() % 1_000_000) as u32 * 1000,
+                    _ => (next() % 1_000_000_000) as u32,
+                };
+                DateTime::from_timestamp(secs, nanos).unwrap()
+            })
+            .collect();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_250_000_000)
+            .unwrap()
+            .and_utc();
+        times.extend([leap, DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC]);
+        for at in times {
+            for maybe in [None, Some(at)] {
+                assert_eq!(
+                    serde_json::to_string(&Ours { at, maybe }).unwrap(),
+                    serde_json::to_string(&Chrono { at, maybe }).unwrap()
+                );
+            }
+        }
+    }
 
     fn spec(max_attempts: u32, items: usize) -> JobSpec {
         JobSpec {

@@ -93,10 +93,8 @@ impl StatsBuilder {
             return;
         }
         s.jobs += 1;
-        *s.by_status
-            .entry(view.status.as_str().to_string())
-            .or_default() += 1;
-        *s.by_kind.entry(view.kind.as_str().to_string()).or_default() += 1;
+        count(&mut s.by_status, view.status.as_str());
+        count(&mut s.by_kind, view.kind.as_str());
         s.retries += u64::from(view.attempt.saturating_sub(1));
         s.interruptions += u64::from(view.total_interruptions);
         s.total_cost_usd += view.cost_usd;
@@ -111,12 +109,42 @@ impl StatsBuilder {
         }
     }
 
+    /// Adds the jobs another builder counted (a fold split in parts). Every figure is as if one
+    /// builder had counted them all, except `total_cost_usd`, a float sum whose last bits depend
+    /// on the order of adding.
+    pub fn merge(&mut self, other: StatsBuilder) {
+        let (s, o) = (&mut self.stats, other.stats);
+        s.jobs += o.jobs;
+        for (key, n) in o.by_status {
+            *s.by_status.entry(key).or_default() += n;
+        }
+        for (key, n) in o.by_kind {
+            *s.by_kind.entry(key).or_default() += n;
+        }
+        s.retries += o.retries;
+        s.interruptions += o.interruptions;
+        s.finished += o.finished;
+        s.total_cost_usd += o.total_cost_usd;
+        s.events += o.events;
+        self.durations_ms.extend(other.durations_ms);
+    }
+
     /// The figures.
     pub fn finish(mut self) -> Stats {
         self.durations_ms.sort_unstable();
         self.stats.p50_duration_ms = percentile(&self.durations_ms, 50);
         self.stats.p95_duration_ms = percentile(&self.durations_ms, 95);
         self.stats
+    }
+}
+
+/// Adds one to `key`'s count, allocating its name only the first time (a rebuild adds every job).
+fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
     }
 }
 
@@ -237,6 +265,16 @@ mod tests {
         let everything = Stats::from_views(&views, Period::ALL);
         assert_eq!(everything.jobs, 7);
         assert_eq!(everything.total_cost_usd, 200.75);
+
+        // Counted in two parts and merged: the same figures.
+        for split in 0..=views.len() {
+            let mut first = StatsBuilder::new(period);
+            let mut second = StatsBuilder::new(period);
+            views[..split].iter().for_each(|v| first.add(v));
+            views[split..].iter().for_each(|v| second.add(v));
+            first.merge(second);
+            assert_eq!(first.finish(), stats, "split at {split}");
+        }
     }
 
     #[test]

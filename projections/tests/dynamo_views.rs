@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use jobledger_events::{JobId, JobKind, RecordedEvent, Status};
@@ -17,23 +16,14 @@ use jobledger_projections::dynamo::STATUS_INDEX;
 use jobledger_projections::{
     DynamoJobViews, JobView, ListQuery, Period, Stats, ViewError, ViewStore,
 };
+use jobledger_testsupport::moto;
+
+/// How to run this file, for the message when moto is missing.
+const RUN_AS: &str =
+    "scripts/with-moto cargo test -p jobledger-projections --features dynamodb --test dynamo_views";
 
 fn client() -> aws_sdk_dynamodb::Client {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: these tests need a moto server; run them as \
-             `scripts/with-moto cargo test -p jobledger-projections --features dynamodb --test dynamo_views`"
-        )
-    });
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new(
-            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        ))
-        .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
+    moto::dynamo_client(&moto::endpoint(RUN_AS))
 }
 
 fn template() -> JobView {
@@ -64,7 +54,7 @@ fn view(status: Status, kind: JobKind, updated_s: i64, version: u64) -> JobView 
 
 /// A store on a new table (unique name, so tests run in parallel on one moto).
 async fn open() -> DynamoJobViews {
-    let store = DynamoJobViews::new(client(), format!("jobs-{}", uuid::Uuid::now_v7().simple()));
+    let store = DynamoJobViews::new(client(), moto::unique("jobs"));
     store.create_table().await.unwrap();
     store
 }

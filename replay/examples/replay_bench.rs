@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use jobledger_events::Job;
 use jobledger_projections::{Period, SqliteViewStore};
-use jobledger_replay::format::{Entry, ExportWriter};
+use jobledger_replay::format::{ExportWriter, Item};
 use jobledger_replay::synth::Synth;
 use jobledger_replay::views::{Projection, rebuild, stats};
 use jobledger_replay::{FileSource, HistorySource, SqliteSource, verify_source};
@@ -104,16 +104,16 @@ async fn phase(name: &str, dir: &Path) -> anyhow::Result<()> {
                 "fold",
                 jobledger_replay::drive::default_parts(),
                 make,
-                |f, entry| {
-                    if let Entry::Event(e) = entry {
-                        if f.current != Some(e.event.job_id) {
+                |f, item| {
+                    if let Item::Event(e) = item {
+                        if f.current != Some(e.head.job_id) {
                             f.succeeded +=
                                 u64::from(f.job.status == jobledger_events::Status::Succeeded);
-                            f.current = Some(e.event.job_id);
+                            f.current = Some(e.head.job_id);
                             f.job = Job::default();
                         }
-                        if let Ok(ev) = e.event.decode() {
-                            f.job = std::mem::take(&mut f.job).evolve(&ev);
+                        if let Ok(ev) = e.decode() {
+                            f.job.absorb(ev);
                         }
                         f.events += 1;
                     }

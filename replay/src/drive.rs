@@ -1,6 +1,6 @@
 //! Runs a consumer over a full scan on a blocking thread (the source reads on another), with an
-//! optional progress bar showing rate and ETA; or one consumer per part of a split scan, so every
-//! core folds whole jobs of its own.
+//! optional progress bar showing rate and ETA; or one consumer per part of a split scan, run on
+//! the part's own reader thread, so every core reads and folds whole jobs of its own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::format::Entry;
+use crate::format::{Entry, Item};
 use crate::source::{HistorySource, SourceError};
 
 /// A progress bar over a scan's extent; hidden when `show` is false or stderr is not a terminal.
@@ -80,9 +80,18 @@ pub fn default_parts() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Feeds every entry of `src` to `f(&mut state, entry)` like [`drive`], but over a scan split in
-/// up to `parts` feeds (see [`HistorySource::scan_parts`]), each with a state of its own made by
-/// `make`, on threads of their own. Returns the states, one per feed, for the caller to merge.
+/// Items a part counts before it adds them to the shared count (one shared write per this many).
+const COUNT_EVERY: u64 = 1024;
+
+/// A part's state with the items it has not yet added to the shared count.
+struct Counted<T> {
+    state: T,
+    uncounted: u64,
+}
+
+/// Feeds every item of `src` to `f(&mut state, item)` over a scan split in up to `parts` parts
+/// (see [`HistorySource::visit_parts`]), each with a state of its own made by `make`, folded on
+/// the thread that reads it. Returns the states, one per part, for the caller to merge.
 pub async fn drive_parts<S, T, M, F>(
     src: &S,
     check: bool,
@@ -96,7 +105,7 @@ where
     S: HistorySource,
     T: Send + 'static,
     M: Fn() -> T,
-    F: Fn(&mut T, Entry) + Send + Sync + 'static,
+    F: Fn(&mut T, Item<'_>) + Send + Sync + 'static,
 {
     let total = if show {
         src.extent().await.unwrap_or(0)
@@ -105,29 +114,33 @@ where
     };
     let position = Arc::new(AtomicU64::new(0));
     let entries = Arc::new(AtomicU64::new(0));
-    let feeds = src.scan_parts(check, parts, Arc::clone(&position))?;
-    let f = Arc::new(f);
-    let mut handles = Vec::with_capacity(feeds.len());
-    for mut feed in feeds {
-        let (f, entries, mut state) = (Arc::clone(&f), Arc::clone(&entries), make());
-        handles.push(tokio::task::spawn_blocking(move || {
-            while let Some(batch) = feed.blocking_recv() {
-                let batch = batch?;
-                entries.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                for entry in batch {
-                    f(&mut state, entry);
-                }
+    let counter = Arc::clone(&entries);
+    let handles = src.visit_parts(
+        check,
+        parts,
+        Arc::clone(&position),
+        || Counted {
+            state: make(),
+            uncounted: 0,
+        },
+        move |c: &mut Counted<T>, item| {
+            c.uncounted += 1;
+            if c.uncounted == COUNT_EVERY {
+                counter.fetch_add(COUNT_EVERY, Ordering::Relaxed);
+                c.uncounted = 0;
             }
-            Ok::<T, SourceError>(state)
-        }));
-    }
+            f(&mut c.state, item);
+        },
+    )?;
     let bar = bar(total, show, what);
     let started = std::time::Instant::now();
     let mut states = Vec::with_capacity(handles.len());
-    for mut handle in handles {
+    for handle in handles {
+        // Joined on the blocking pool, so the bar keeps moving meanwhile.
+        let mut joined = tokio::task::spawn_blocking(move || handle.join());
         let state = loop {
             tokio::select! {
-                done = &mut handle => break done,
+                done = &mut joined => break done,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {
                     let n = entries.load(Ordering::Relaxed);
                     let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -136,10 +149,10 @@ where
                 }
             }
         };
-        states.push(
-            state
-                .map_err(|e| SourceError::Unavailable(format!("consumer thread failed: {e}")))??,
-        );
+        let state = state
+            .map_err(|e| SourceError::Unavailable(format!("reader thread failed: {e}")))?
+            .map_err(|_| SourceError::Unavailable("reader thread panicked".into()))??;
+        states.push(state.state);
     }
     bar.finish_and_clear();
     Ok(states)

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
-use jobledger_events::{DynamoEventStore, EventsTables, JobId, StoreError};
+use jobledger_events::{DynamoEventStore, JobId, StoreError};
+use jobledger_workers::aws_clients;
 use tokio::sync::mpsc;
 
 use crate::format::{Entry, Pos, sourced};
@@ -47,7 +48,7 @@ impl DynamoSource {
         table: &str,
         segments: u32,
     ) -> Self {
-        let store = DynamoEventStore::new(dynamo.clone(), s3, EventsTables::events_only(table));
+        let store = DynamoEventStore::events_only(dynamo.clone(), s3, table);
         DynamoSource {
             dynamo,
             store,
@@ -57,16 +58,13 @@ impl DynamoSource {
     }
 
     /// A source over `table` with region, credentials and endpoint from the standard AWS
-    /// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles …).
+    /// environment (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles …), its clients built as every
+    /// other binary builds them (`jobledger_workers::aws_clients`).
     pub async fn from_env(table: &str, segments: u32) -> Self {
-        let config = aws_config::load_from_env().await;
-        let s3 = aws_sdk_s3::config::Builder::from(&config)
-            // Path-style addressing works with every endpoint, local stand-ins included.
-            .force_path_style(true)
-            .build();
+        let sdk = aws_clients::sdk_config().await;
         Self::new(
-            aws_sdk_dynamodb::Client::new(&config),
-            aws_sdk_s3::Client::from_conf(s3),
+            aws_sdk_dynamodb::Client::new(&sdk),
+            aws_clients::s3_client(&sdk),
             table,
             segments,
         )

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use jobledger_events::{Hash, JobId, RecordedEvent};
+use jobledger_events::event::DecodeError;
+use jobledger_events::{EventHead, Hash, JobEvent, JobId, RecordedEvent};
 use serde::{Deserialize, Serialize};
 
 /// The head of one job's chain, written after its events.
@@ -106,6 +107,148 @@ impl Entry {
             Entry::Unreadable { job_id, .. } => *job_id,
         }
     }
+}
+
+impl Entry {
+    /// The entry as a consumer reads it, borrowed.
+    pub fn item(&self) -> Item<'_> {
+        match self {
+            Entry::Event(e) => Item::Event(EventItem {
+                head: e.event.head(),
+                pos: e.pos,
+                chain: Some(Chain {
+                    prev_hash: e.event.prev_hash,
+                    hash: e.event.hash,
+                    computed: e.computed,
+                    canonical: e.canonical,
+                }),
+                payload: Payload::Stored(&e.event),
+            }),
+            Entry::Pin(pin, pos) => Item::Pin(*pin, *pos),
+            Entry::Unreadable {
+                pos,
+                job_id,
+                version,
+                reason,
+            } => Item::Unreadable {
+                pos: *pos,
+                job_id: *job_id,
+                version: *version,
+                reason,
+            },
+        }
+    }
+}
+
+/// The hash chain fields of an event and what its reader checked of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// The stored `prev_hash`.
+    pub prev_hash: Hash,
+    /// The stored `hash`.
+    pub hash: Hash,
+    /// The recomputed hash, when the reader computed it.
+    pub computed: Option<Hash>,
+    /// Whether the stored bytes are exactly the canonical encoding of the parsed event.
+    pub canonical: bool,
+}
+
+/// How an item's payload is reached.
+#[derive(Debug)]
+enum Payload<'a> {
+    /// Decoded by the reader while it parsed the line (one pass, no copy of the text).
+    Decoded(JobEvent),
+    /// An event read in full; decoded on demand.
+    Stored(&'a RecordedEvent),
+}
+
+/// One event as consumers read it: the envelope fields they use, borrowed from the reader, and
+/// the payload, decoded on demand (or already decoded by a reader that decodes as it parses).
+#[derive(Debug)]
+pub struct EventItem<'a> {
+    /// Job, version, type and time.
+    pub head: EventHead<'a>,
+    /// Where it was read.
+    pub pos: Pos,
+    /// The chain fields, when the scan was asked to check them (`verify`); folds go without.
+    pub chain: Option<Chain>,
+    payload: Payload<'a>,
+}
+
+impl<'a> EventItem<'a> {
+    /// An event whose payload the reader already decoded (through `upcast::decode_prefix`).
+    pub fn decoded(head: EventHead<'a>, pos: Pos, chain: Option<Chain>, event: JobEvent) -> Self {
+        EventItem {
+            head,
+            pos,
+            chain,
+            payload: Payload::Decoded(event),
+        }
+    }
+
+    /// The recomputed hash: the reader's, or computed now for an event read in full.
+    pub fn computed_hash(&self) -> Option<Hash> {
+        self.chain
+            .and_then(|c| c.computed)
+            .or_else(|| match self.payload {
+                Payload::Stored(e) => Some(jobledger_events::chain::compute_hash(e)),
+                Payload::Decoded(_) => None,
+            })
+    }
+
+    /// The payload in the current schema (upcast when stored in an older one), as
+    /// `RecordedEvent::decode` gives it.
+    pub fn decode(self) -> Result<JobEvent, DecodeError> {
+        match self.payload {
+            Payload::Decoded(event) => Ok(event),
+            Payload::Stored(e) => e.decode(),
+        }
+    }
+}
+
+/// One item of a scan, as consumers read it (see [`Entry`], its owned form).
+// Nearly every item is an event, handed over once: boxing it would add an allocation per event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Item<'a> {
+    /// A readable event.
+    Event(EventItem<'a>),
+    /// A head pin (export files only).
+    Pin(Pin, Pos),
+    /// A stored item that is not a valid event or pin.
+    Unreadable {
+        /// Where.
+        pos: Pos,
+        /// The job, if it could be made out.
+        job_id: Option<JobId>,
+        /// The version, if it could be made out.
+        version: Option<u64>,
+        /// Why it could not be read.
+        reason: &'a str,
+    },
+}
+
+impl Item<'_> {
+    /// The job this item belongs to, if known.
+    pub fn job_id(&self) -> Option<JobId> {
+        match self {
+            Item::Event(e) => Some(e.head.job_id),
+            Item::Pin(p, _) => Some(p.job_id),
+            Item::Unreadable { job_id, .. } => *job_id,
+        }
+    }
+}
+
+/// Reads one line of an export file as an item and hands it to `f`. Canonical event lines are
+/// read in one pass with their payload decoded on the way and nothing copied; any other line goes
+/// through [`parse_line`], so what is reported about it does not change.
+pub fn visit_line(line: &[u8], pos: Pos, check: bool, f: impl FnOnce(Item<'_>)) {
+    if !line.starts_with(b"{\"pin\"")
+        && let Some(item) = crate::fastline::parse_item(line, pos, check)
+    {
+        return f(Item::Event(item));
+    }
+    f(parse_line(line, pos, check).item())
 }
 
 /// Wraps an event read from a store (no raw bytes to compare, so it counts as canonical).

@@ -1,8 +1,9 @@
 //! The auditor's tool: history, state at any point, verify, rebuild, export.
 //!
 //! Every command reads through a [`source::HistorySource`] (the embedded SQLite ledger, an export
-//! file, or with the `dynamodb` feature a DynamoDB events table) and decodes payloads only through `RecordedEvent::decode`, so older
-//! schemas are upcast in one place. Nothing here calls a reactor: a rebuild never re-notifies.
+//! file, or with the `dynamodb` feature a DynamoDB events table) and decodes payloads only through
+//! `events`' `upcast` (`RecordedEvent::decode`, or `upcast::decode_prefix` for a payload read in
+//! place), so older schemas are upcast in one place. Nothing here calls a reactor: a rebuild never re-notifies.
 //!
 //! Embedding (as `jobledger replay`): flatten [`cli::SourceArgs`] and nest [`cli::ReplayCommand`]
 //! as a subcommand, then `cli::run(cmd, source).await`.

@@ -3,20 +3,22 @@
 //! can be split in parts of whole jobs, read and folded on every core.
 //!
 //! Every source hands out [`Entry`]s: readable events, head pins and unreadable items, so a damaged
-//! ledger is reported rather than aborting the read. Payloads are decoded (and upcast) only through
-//! `RecordedEvent::decode` by the consumers.
+//! ledger is reported rather than aborting the read. Folds and `verify` take the same entries as
+//! borrowed [`Item`]s on the reading threads themselves ([`HistorySource::visit_parts`]), where
+//! export files and the SQLite ledger lend events straight out of their read buffers with the
+//! payload already decoded. Payloads are decoded (and upcast) only through `events`' `upcast`.
 
 use std::fs::File;
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use jobledger_events::{EventStore, JobId, SqliteEventStore, StoreError};
 use tokio::sync::mpsc;
 
-use crate::format::{Entry, Pos, next_line, open_reader, parse_line, sourced};
+use crate::format::{Entry, Item, Pos, next_line, open_reader, parse_line, sourced, visit_line};
 
 /// Entries per batch handed from a reader to a consumer: large enough to make the hand-off cheap.
 pub const BATCH: usize = 2048;
@@ -54,6 +56,12 @@ pub trait HistorySource: Send + Sync {
     /// Whether a job's entries are contiguous (a consumer may close a job when the next starts).
     fn grouped(&self) -> bool;
 
+    /// Whether a scan in one part hands out jobs in ascending job id order, so a consumer can
+    /// merge it with another ordered walk (the view table). False unless the source knows.
+    fn sorted(&self) -> bool {
+        false
+    }
+
     /// One job's entries in version order (empty when the job is unknown).
     fn job(
         &self,
@@ -82,6 +90,54 @@ pub trait HistorySource: Send + Sync {
         let _ = parts;
         Ok(vec![self.scan(check, position)?])
     }
+
+    /// Every entry like [`HistorySource::scan_parts`], handed as an [`Item`] to `f` with a state
+    /// of its own per part (made by `make`) on the thread that reads the part: no hand-off
+    /// between threads, and a source may lend items straight out of its read buffer. Join the
+    /// handles for the states. By default, one thread per feed of `scan_parts`.
+    fn visit_parts<T, M, F>(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+        make: M,
+        f: F,
+    ) -> Result<Vec<Visit<T>>, SourceError>
+    where
+        T: Send + 'static,
+        M: Fn() -> T,
+        F: Fn(&mut T, Item<'_>) + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let feeds = self.scan_parts(check, parts, position)?;
+        let mut handles = Vec::with_capacity(feeds.len());
+        for (i, mut feed) in feeds.into_iter().enumerate() {
+            let (f, mut state) = (Arc::clone(&f), make());
+            handles.push(spawn(format!("replay-visit-{i}"), move || {
+                while let Some(batch) = feed.blocking_recv() {
+                    for entry in batch? {
+                        f(&mut state, entry.item());
+                    }
+                }
+                Ok(state)
+            })?);
+        }
+        Ok(handles)
+    }
+}
+
+/// A thread running one part of a visit; joined for the part's state.
+pub type Visit<T> = std::thread::JoinHandle<Result<T, SourceError>>;
+
+/// Starts a named reader thread.
+pub fn spawn<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<Visit<T>, SourceError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| SourceError::Unavailable(format!("cannot start a reader thread: {e}")))
 }
 
 /// The embedded ledger `<data-dir>/ledger.sqlite3`, read through the public store API.
@@ -134,6 +190,11 @@ impl HistorySource for SqliteSource {
         true
     }
 
+    /// The table's key starts with the job id.
+    fn sorted(&self) -> bool {
+        true
+    }
+
     async fn job(&self, job_id: JobId, check: bool) -> Result<Vec<Entry>, SourceError> {
         match self.store.load(job_id).await {
             Ok(events) => Ok(events
@@ -174,6 +235,22 @@ impl HistorySource for SqliteSource {
         position: Arc<AtomicU64>,
     ) -> Result<Vec<Feed>, SourceError> {
         crate::sqlite_scan::scan_parts(&self.path, check, parts, position)
+    }
+
+    fn visit_parts<T, M, F>(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+        make: M,
+        f: F,
+    ) -> Result<Vec<Visit<T>>, SourceError>
+    where
+        T: Send + 'static,
+        M: Fn() -> T,
+        F: Fn(&mut T, Item<'_>) + Send + Sync + 'static,
+    {
+        crate::sqlite_scan::visit_parts(&self.path, check, parts, position, make, f)
     }
 }
 
@@ -235,99 +312,113 @@ impl FileSource {
     }
 }
 
-/// Bytes of whole jobs handed to one parser at a time.
+/// Bytes of whole jobs a reader thread takes at a time.
 const CHUNK: usize = 256 * 1024;
 
-/// Consecutive lines of an export file, ending after a pin (or at the end of the file).
-struct Chunk {
-    /// The line number of the first line.
-    first_line: u64,
+/// A reader thread's buffer: its bytes stay allocated and initialised from one run of jobs to the
+/// next, so reading into it never zeroes memory again.
+#[derive(Default)]
+struct Block {
     bytes: Vec<u8>,
+    len: usize,
 }
 
-impl Chunk {
-    /// Parses every line, handing batches to `f`; false once `f` refused one.
-    fn parse(&self, check: bool, mut f: impl FnMut(Vec<Entry>) -> bool) -> bool {
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut start = 0;
-        let ends = memchr::memchr_iter(b'\n', &self.bytes).chain(
-            // A last line without its newline.
-            (self.bytes.last().is_some_and(|&b| b != b'\n')).then_some(self.bytes.len()),
-        );
-        for (n, end) in (self.first_line..).zip(ends) {
-            batch.push(parse_line(&self.bytes[start..end], Pos::Line(n), check));
-            start = end + 1;
-            if batch.len() == BATCH && !f(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-            {
-                return false;
+impl Block {
+    fn filled(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Reads up to `want` more bytes; 0 at the end of the file.
+    fn fill_from(&mut self, reader: &mut dyn Read, want: usize) -> std::io::Result<usize> {
+        if self.bytes.len() < self.len + want {
+            self.bytes.resize(self.len + want, 0);
+        }
+        loop {
+            match reader.read(&mut self.bytes[self.len..self.len + want]) {
+                Ok(n) => {
+                    self.len += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
-        batch.is_empty() || f(batch)
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.bytes.len() < self.len + bytes.len() {
+            self.bytes.resize(self.len + bytes.len(), 0);
+        }
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The lines of the block (without their newline; the file's last one may lack it).
+    fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        let bytes = self.filled();
+        let mut start = 0;
+        let last = bytes
+            .last()
+            .is_some_and(|&b| b != b'\n')
+            .then_some(bytes.len());
+        memchr::memchr_iter(b'\n', bytes)
+            .chain(last)
+            .map(move |end| {
+                let line = &bytes[start..end];
+                start = end + 1;
+                line
+            })
     }
 }
 
-impl FileSource {
-    /// Cuts the file into chunks of whole jobs (just after a pin line) and deals them out in
-    /// turn. Reads big blocks straight into the chunk: one copy of each byte, no per-line work.
-    fn split(
-        &self,
-        position: &Arc<AtomicU64>,
-        parsers: &[std::sync::mpsc::SyncSender<Chunk>],
-    ) -> Result<(), SourceError> {
-        let mut reader = open_block_reader(&self.path, position).map_err(|e| self.io(e))?;
-        let mut chunk = Chunk {
-            first_line: 1,
-            bytes: Vec::with_capacity(2 * CHUNK),
-        };
-        let mut eof = false;
-        for turn in (0..parsers.len()).cycle() {
-            // Fill to a chunk's size, then cut after the last complete pin line (or at the end).
-            let cut = loop {
-                if !eof && chunk.bytes.len() < CHUNK {
-                    let want = (CHUNK - chunk.bytes.len()) as u64;
-                    let read = (&mut reader)
-                        .take(want)
-                        .read_to_end(&mut chunk.bytes)
-                        .map_err(|e| self.io(e))?;
-                    eof = read == 0;
-                    continue;
-                }
-                if eof {
-                    break chunk.bytes.len();
-                }
-                match last_pin_end(&chunk.bytes) {
-                    Some(cut) => break cut,
-                    // No whole job yet: read on.
-                    None => {
-                        let want = CHUNK as u64;
-                        let read = (&mut reader)
-                            .take(want)
-                            .read_to_end(&mut chunk.bytes)
-                            .map_err(|e| self.io(e))?;
-                        eof = read == 0;
-                    }
-                }
-            };
-            if cut == 0 {
-                return Ok(());
-            }
-            let lines = memchr::memchr_iter(b'\n', &chunk.bytes[..cut]).count() as u64;
-            let mut rest = Vec::with_capacity(2 * CHUNK);
-            rest.extend_from_slice(&chunk.bytes[cut..]);
-            chunk.bytes.truncate(cut);
-            let next = Chunk {
-                first_line: chunk.first_line + lines,
-                bytes: rest,
-            };
-            if parsers[turn]
-                .send(std::mem::replace(&mut chunk, next))
-                .is_err()
-            {
-                // A consumer stopped (it reports its own error).
-                return Ok(());
+/// An export file shared by the reader threads, each taking the next run of whole jobs in turn.
+struct SharedFile {
+    reader: Box<dyn Read + Send>,
+    /// Bytes read past the end of the last run handed out: the start of the next.
+    carry: Vec<u8>,
+    /// The line number of the first line of the next run.
+    next_line: u64,
+    /// A read failed: the threads that did not see it stop as at the end of the file.
+    failed: bool,
+}
+
+impl SharedFile {
+    /// Moves the next run of whole jobs (cut just after a pin line, or at the end of the file)
+    /// into `block`; returns the number of its first line, `None` at the end.
+    fn next_run(&mut self, block: &mut Block) -> std::io::Result<Option<u64>> {
+        block.len = 0;
+        if self.failed {
+            return Ok(None);
+        }
+        block.push(&self.carry);
+        self.carry.clear();
+        let cut = self.fill(block).inspect_err(|_| self.failed = true)?;
+        self.carry.extend_from_slice(&block.filled()[cut..]);
+        block.len = cut;
+        if cut == 0 {
+            return Ok(None);
+        }
+        let first = self.next_line;
+        self.next_line += memchr::memchr_iter(b'\n', block.filled()).count() as u64;
+        Ok(Some(first))
+    }
+
+    /// Reads until `block` holds a chunk's worth and a pin line ends in it; returns where to cut.
+    fn fill(&mut self, block: &mut Block) -> std::io::Result<usize> {
+        while block.len < CHUNK {
+            if block.fill_from(&mut *self.reader, CHUNK - block.len)? == 0 {
+                return Ok(block.len);
             }
         }
-        Ok(())
+        loop {
+            if let Some(cut) = last_pin_end(block.filled()) {
+                return Ok(cut);
+            }
+            // No whole job yet: read on.
+            if block.fill_from(&mut *self.reader, CHUNK)? == 0 {
+                return Ok(block.len);
+            }
+        }
     }
 }
 
@@ -419,47 +510,52 @@ impl HistorySource for FileSource {
             .map_err(|e| self.io(e))
     }
 
-    fn scan_parts(
+    /// Reader threads take runs of whole jobs from the file in turn and fold them where they
+    /// read them: each line is parsed (and its payload decoded) in place, never copied or sent.
+    fn visit_parts<T, M, F>(
         &self,
         check: bool,
         parts: usize,
         position: Arc<AtomicU64>,
-    ) -> Result<Vec<Feed>, SourceError> {
-        if parts <= 1 {
-            return Ok(vec![self.scan(check, position)?]);
-        }
-        let mut feeds = Vec::with_capacity(parts);
-        let mut chunk_txs = Vec::with_capacity(parts);
-        let mut error_tx = None;
-        for i in 0..parts {
-            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
-            let (tx, rx) = mpsc::channel(4);
-            error_tx.get_or_insert_with(|| tx.clone());
-            std::thread::Builder::new()
-                .name(format!("replay-parse-{i}"))
-                .spawn(move || {
-                    for chunk in chunk_rx {
-                        if !chunk.parse(check, |batch| tx.blocking_send(Ok(batch)).is_ok()) {
-                            return;
+        make: M,
+        f: F,
+    ) -> Result<Vec<Visit<T>>, SourceError>
+    where
+        T: Send + 'static,
+        M: Fn() -> T,
+        F: Fn(&mut T, Item<'_>) + Send + Sync + 'static,
+    {
+        let reader = open_block_reader(&self.path, &position).map_err(|e| self.io(e))?;
+        let shared = Arc::new(Mutex::new(SharedFile {
+            reader,
+            carry: Vec::new(),
+            next_line: 1,
+            failed: false,
+        }));
+        let f = Arc::new(f);
+        let mut handles = Vec::with_capacity(parts.max(1));
+        for i in 0..parts.max(1) {
+            let (this, shared, f, mut state) =
+                (self.clone(), Arc::clone(&shared), Arc::clone(&f), make());
+            handles.push(spawn(format!("replay-read-{i}"), move || {
+                let mut block = Block::default();
+                loop {
+                    let next = match shared.lock() {
+                        Ok(mut file) => file.next_run(&mut block).map_err(|e| this.io(e))?,
+                        Err(_) => {
+                            return Err(SourceError::Unavailable("a reader thread failed".into()));
                         }
+                    };
+                    let Some(first_line) = next else {
+                        return Ok(state);
+                    };
+                    for (n, line) in (first_line..).zip(block.lines()) {
+                        visit_line(line, Pos::Line(n), check, |item| f(&mut state, item));
                     }
-                })
-                .map_err(|e| self.io(e))?;
-            feeds.push(rx);
-            chunk_txs.push(chunk_tx);
-        }
-        let this = self.clone();
-        std::thread::Builder::new()
-            .name("replay-split".into())
-            .spawn(move || {
-                if let Err(e) = this.split(&position, &chunk_txs)
-                    && let Some(tx) = error_tx
-                {
-                    let _ = tx.blocking_send(Err(e));
                 }
-            })
-            .map_err(|e| self.io(e))?;
-        Ok(feeds)
+            })?);
+        }
+        Ok(handles)
     }
 
     fn scan(&self, check: bool, position: Arc<AtomicU64>) -> Result<Feed, SourceError> {
@@ -510,6 +606,15 @@ impl HistorySource for AnySource {
         true
     }
 
+    fn sorted(&self) -> bool {
+        match self {
+            AnySource::Sqlite(s) => s.sorted(),
+            AnySource::File(s) => s.sorted(),
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.sorted(),
+        }
+    }
+
     async fn job(&self, job_id: JobId, check: bool) -> Result<Vec<Entry>, SourceError> {
         match self {
             AnySource::Sqlite(s) => s.job(job_id, check).await,
@@ -548,6 +653,27 @@ impl HistorySource for AnySource {
             AnySource::File(s) => s.scan_parts(check, parts, position),
             #[cfg(feature = "dynamodb")]
             AnySource::Dynamo(s) => s.scan_parts(check, parts, position),
+        }
+    }
+
+    fn visit_parts<T, M, F>(
+        &self,
+        check: bool,
+        parts: usize,
+        position: Arc<AtomicU64>,
+        make: M,
+        f: F,
+    ) -> Result<Vec<Visit<T>>, SourceError>
+    where
+        T: Send + 'static,
+        M: Fn() -> T,
+        F: Fn(&mut T, Item<'_>) + Send + Sync + 'static,
+    {
+        match self {
+            AnySource::Sqlite(s) => s.visit_parts(check, parts, position, make, f),
+            AnySource::File(s) => s.visit_parts(check, parts, position, make, f),
+            #[cfg(feature = "dynamodb")]
+            AnySource::Dynamo(s) => s.visit_parts(check, parts, position, make, f),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - `head pin`: (export files) each job ends with a pin naming its last version and hash;
 //! - `job contiguity`: (export files) a job's lines are not split or repeated.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Read;
@@ -27,7 +28,7 @@ use jobledger_events::{Clock, Command, Hash, Job, JobId, Rejection};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::format::{Entry, Pin, Pos, SourcedEvent};
+use crate::format::{self, EventItem, Item, Pin, Pos};
 
 /// Rule names used in findings.
 pub mod rules {
@@ -223,16 +224,21 @@ impl Verifier {
     }
 
     /// Feeds one entry.
-    pub fn entry(&mut self, entry: Entry) {
-        match entry {
-            Entry::Event(e) => self.event(e),
-            Entry::Pin(pin, pos) => self.pin(pin, pos),
-            Entry::Unreadable {
+    pub fn entry(&mut self, entry: format::Entry) {
+        self.item(entry.item());
+    }
+
+    /// Feeds one item.
+    pub fn item(&mut self, item: Item<'_>) {
+        match item {
+            Item::Event(e) => self.event(e),
+            Item::Pin(pin, pos) => self.pin(pin, pos),
+            Item::Unreadable {
                 pos,
                 job_id,
                 version,
                 reason,
-            } => self.unreadable(pos, job_id, version, reason),
+            } => self.unreadable(pos, job_id, version, reason.to_string()),
         }
     }
 
@@ -258,29 +264,30 @@ impl Verifier {
     }
 
     fn check_of(&mut self, job_id: JobId) -> &mut JobCheck {
-        if !self.jobs.contains_key(&job_id) {
-            self.report.jobs += 1;
+        match self.jobs.entry(job_id) {
+            Entry::Occupied(check) => check.into_mut(),
+            Entry::Vacant(slot) => {
+                self.report.jobs += 1;
+                slot.insert(JobCheck::new(job_id))
+            }
         }
-        self.jobs
-            .entry(job_id)
-            .or_insert_with(|| JobCheck::new(job_id))
     }
 
-    fn event(&mut self, se: SourcedEvent) {
+    fn event(&mut self, e: EventItem<'_>) {
         self.report.events += 1;
-        let job_id = se.event.job_id;
-        self.switch_to(job_id, se.pos, Some(se.event.version));
+        let (job_id, pos) = (e.head.job_id, e.pos);
+        self.switch_to(job_id, pos, Some(e.head.version));
         let check_results = self.check_results;
         let mut out = Vec::new();
         let mut results = (0, 0);
         {
             let check = self.check_of(job_id);
-            check_event(check, &se, &mut out, check_results.then_some(&mut results));
+            check_event(check, e, &mut out, check_results.then_some(&mut results));
         }
         self.report.results_checked += results.0;
         self.report.results_unreachable += results.1;
         for (version, rule, detail) in out {
-            self.find(Some(job_id), Some(version), rule, detail, se.pos);
+            self.find(Some(job_id), Some(version), rule, detail, pos);
         }
     }
 
@@ -450,13 +457,23 @@ type Out = Vec<(u64, &'static str, String)>;
 /// All per-event rules for one event of one job.
 fn check_event(
     c: &mut JobCheck,
-    se: &SourcedEvent,
+    e: EventItem<'_>,
     out: &mut Out,
     results: Option<&mut (u64, u64)>,
 ) {
-    let e = &se.event;
-    let v = e.version;
-    if !se.canonical {
+    let v = e.head.version;
+    let Some(chain) = e.chain else {
+        // Verification always scans with `check`; an item without its chain cannot be verified.
+        out.push((
+            v,
+            rules::READABLE,
+            "the reader did not read the hash chain".into(),
+        ));
+        c.semantic = false;
+        c.pending.clear();
+        return;
+    };
+    if !chain.canonical {
         out.push((
             v,
             rules::CANONICAL,
@@ -474,47 +491,47 @@ fn check_event(
     }
     c.next_version = Some(v + 1);
     if let Some(prev) = c.prev
-        && e.prev_hash != prev
+        && chain.prev_hash != prev
     {
         out.push((
             v,
             rules::LINK,
             format!(
                 "prev_hash {} is not the previous event's hash {prev}",
-                e.prev_hash
+                chain.prev_hash
             ),
         ));
     }
-    let computed = se
-        .computed
-        .unwrap_or_else(|| jobledger_events::chain::compute_hash(e));
-    if computed != e.hash {
+    if let Some(computed) = e.computed_hash()
+        && computed != chain.hash
+    {
         out.push((
             v,
             rules::HASH,
             format!(
                 "stored hash {} but the content hashes to {computed}",
-                e.hash
+                chain.hash
             ),
         ));
     }
-    c.prev = Some(e.hash);
+    c.prev = Some(chain.hash);
+    let at = e.head.at;
     if let Some(last) = c.last_at
-        && e.at < last
+        && at < last
     {
         out.push((
             v,
             rules::TIME,
             format!(
                 "recorded at {} before the previous event ({})",
-                jobledger_events::envelope::format_time(&e.at),
+                jobledger_events::envelope::format_time(&at),
                 jobledger_events::envelope::format_time(&last)
             ),
         ));
     }
-    c.last_at = Some(c.last_at.map_or(e.at, |l| l.max(e.at)));
+    c.last_at = Some(c.last_at.map_or(at, |l| l.max(at)));
     c.last_version = v;
-    c.last_hash = e.hash;
+    c.last_hash = chain.hash;
     let event = match e.decode() {
         Ok(event) => event,
         Err(err) => {
@@ -525,7 +542,7 @@ fn check_event(
         }
     };
     if c.semantic {
-        check_transition(c, &event, e.at, v, out);
+        check_transition(c, &event, at, v, out);
     }
     if let (Some(results), JobEvent::JobSucceeded(s)) = (results, &event) {
         match check_result(&s.result_uri, &s.result_sha256) {
@@ -537,8 +554,9 @@ fn check_event(
             }
         }
     }
-    c.job = std::mem::take(&mut c.job).evolve(&event);
-    if matches!(event, JobEvent::JobSubmitted(_)) {
+    let submitted = matches!(event, JobEvent::JobSubmitted(_));
+    c.job.absorb(event);
+    if submitted {
         slim(&mut c.job);
     }
 }
@@ -843,7 +861,7 @@ pub async fn verify_source<S: crate::source::HistorySource>(
                 "verify",
                 crate::drive::default_parts(),
                 || Verifier::new(pins, grouped),
-                |v, e| v.entry(e),
+                |v, item| v.item(item),
             )
             .await?;
             Ok(Verifier::finish_parts(parts))

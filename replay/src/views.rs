@@ -1,30 +1,51 @@
 //! Read models from the ledger: `rebuild` (jobs and stats, or a dry-run diff) and `stats`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use jobledger_events::{JobId, RecordedEvent};
-use jobledger_projections::{JobView, Period, Stats, StatsBuilder, ViewStore};
+use jobledger_events::JobId;
+use jobledger_projections::{JobView, Period, Stats, StatsBuilder, ViewError, ViewStore};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::drive::{default_parts, drive_parts};
-use crate::format::Entry;
+use crate::format::{Entry, EventItem, Item};
 use crate::source::{HistorySource, SourceError};
 
-/// Views written per transaction by `rebuild`: one commit (one fsync) per batch, not per job.
-const WRITE_BATCH: usize = 1024;
+/// Views a fold part writes (or hands to the comparer) at a time: few hand-offs, and one
+/// transaction (one fsync) per batch.
+const VIEW_BATCH: usize = 4096;
+
+/// Stored views read per page when a dry run walks the read model.
+const SCAN_PAGE: usize = 1000;
 
 /// Problems met while folding (the damaged job's view stops before the damage).
 const MAX_ERRORS_KEPT: usize = 1000;
 
-/// Folds job views from a stream of entries, handing each job's view out once it is complete.
-pub struct ViewFolder {
+/// Differences a dry run keeps (all are counted).
+const MAX_DIFFS_KEPT: usize = 1000;
+
+/// Where a fold's complete views go.
+pub trait ViewSink: Send {
+    /// Takes one job's complete view.
+    fn view(&mut self, view: JobView);
+
+    /// Called once, after the last view.
+    fn flush(&mut self) {}
+}
+
+/// Folds job views from a stream of entries, handing each job's view to its sink once complete.
+pub struct ViewFolder<K> {
     grouped: bool,
-    open: HashMap<JobId, JobView>,
-    current: Option<JobId>,
+    /// The job being folded when jobs are contiguous, with its view (`None` before its first
+    /// event folds): kept apart from `open`, so a grouped source costs no map lookup per event.
+    current: Option<(JobId, Option<JobView>)>,
+    /// Every job folded so far when jobs may interleave.
+    open: HashMap<JobId, Option<JobView>>,
     /// Jobs whose fold hit an error: later events of them are skipped, not cascaded into more errors.
     broken: HashSet<JobId>,
-    emit: Box<dyn FnMut(JobView) + Send>,
+    sink: K,
     /// Events folded.
     pub events: u64,
     /// Jobs handed out.
@@ -35,15 +56,15 @@ pub struct ViewFolder {
     pub error_count: u64,
 }
 
-impl ViewFolder {
+impl<K: ViewSink> ViewFolder<K> {
     /// A folder for a source whose jobs are contiguous (`grouped`) or interleaved.
-    pub fn new(grouped: bool, emit: impl FnMut(JobView) + Send + 'static) -> Self {
+    pub fn new(grouped: bool, sink: K) -> Self {
         ViewFolder {
             grouped,
-            open: HashMap::new(),
             current: None,
+            open: HashMap::new(),
             broken: HashSet::new(),
-            emit: Box::new(emit),
+            sink,
             events: 0,
             jobs: 0,
             errors: Vec::new(),
@@ -58,26 +79,32 @@ impl ViewFolder {
         }
     }
 
+    fn emit(&mut self, view: JobView) {
+        self.jobs += 1;
+        self.sink.view(view);
+    }
+
     fn flush_current(&mut self) {
-        if let Some(id) = self.current.take()
-            && let Some(view) = self.open.remove(&id)
-        {
-            self.jobs += 1;
-            (self.emit)(view);
+        if let Some((_, Some(view))) = self.current.take() {
+            self.emit(view);
         }
     }
 
     /// Feeds one entry.
     pub fn entry(&mut self, entry: Entry) {
-        match entry {
-            Entry::Event(e) => self.event(&e.event),
-            Entry::Pin(..) => self.flush_current(),
-            Entry::Unreadable {
+        self.item(entry.item());
+    }
+
+    /// Feeds one item.
+    pub fn item(&mut self, item: Item<'_>) {
+        match item {
+            Item::Event(e) => self.event(e),
+            Item::Pin(..) => self.flush_current(),
+            Item::Unreadable {
                 job_id,
                 version,
                 reason,
                 pos,
-                ..
             } => {
                 if let Some(id) = job_id {
                     self.broken.insert(id);
@@ -92,46 +119,44 @@ impl ViewFolder {
     }
 
     /// Folds one event.
-    pub fn event(&mut self, e: &RecordedEvent) {
-        if self.grouped && self.current != Some(e.job_id) {
+    pub fn event(&mut self, e: EventItem<'_>) {
+        let job_id = e.head.job_id;
+        if self.grouped && self.current.as_ref().map(|c| c.0) != Some(job_id) {
             self.flush_current();
-            self.current = Some(e.job_id);
+            self.current = Some((job_id, None));
         }
-        if self.broken.contains(&e.job_id) {
+        if !self.broken.is_empty() && self.broken.contains(&job_id) {
             return;
         }
         self.events += 1;
-        let before = self.open.remove(&e.job_id);
-        match JobView::apply(before.clone(), e) {
-            Ok(Some(view)) => {
-                self.open.insert(e.job_id, view);
-            }
-            Ok(None) => {}
-            Err(err) => {
-                self.broken.insert(e.job_id);
-                if let Some(view) = before {
-                    self.open.insert(e.job_id, view);
-                }
-                self.error(err.to_string());
-            }
+        let view = match &mut self.current {
+            Some((id, view)) if *id == job_id => view,
+            _ => self.open.entry(job_id).or_default(),
+        };
+        let head = e.head;
+        if let Err(err) = JobView::apply_in_place(view, head, || e.decode()) {
+            self.broken.insert(job_id);
+            self.error(err.to_string());
         }
     }
 
-    /// Hands out the views still open (in job id order) and returns the counts.
-    pub fn finish(mut self) -> FoldSummary {
+    /// Hands out the views still open (in job id order), flushes the sink and returns the
+    /// counts with the sink.
+    pub fn finish(mut self) -> (FoldSummary, K) {
         self.flush_current();
-        let mut rest: Vec<JobView> = self.open.drain().map(|(_, v)| v).collect();
+        let mut rest: Vec<JobView> = self.open.drain().filter_map(|(_, v)| v).collect();
         rest.sort_by_key(|v| v.job_id);
         for view in rest {
-            self.jobs += 1;
-            (self.emit)(view);
+            self.emit(view);
         }
-        FoldSummary {
+        self.sink.flush();
+        let summary = FoldSummary {
             events: self.events,
             jobs: self.jobs,
             errors: std::mem::take(&mut self.errors),
             error_count: self.error_count,
-        }
+        };
+        (summary, self.sink)
     }
 }
 
@@ -148,78 +173,82 @@ pub struct FoldSummary {
     pub error_count: u64,
 }
 
-/// Folds every view of a source, sending each to `tx` (bounded, so memory stays flat).
-pub async fn fold_views<S: HistorySource>(
+impl FoldSummary {
+    /// Adds the counts of another part of the same fold.
+    fn add(&mut self, part: FoldSummary) {
+        self.events += part.events;
+        self.jobs += part.jobs;
+        self.error_count += part.error_count;
+        let room = MAX_ERRORS_KEPT.saturating_sub(self.errors.len());
+        self.errors.extend(part.errors.into_iter().take(room));
+    }
+}
+
+/// Folds every view of a source in up to `parts` parts, each into a sink of its own made by
+/// `make`; returns the fold's counts and the sinks, one per part.
+pub async fn fold_views<S, K, M>(
     src: &S,
     show: bool,
     what: &str,
-    tx: mpsc::Sender<JobView>,
-) -> Result<FoldSummary, SourceError> {
+    parts: usize,
+    make: M,
+) -> Result<(FoldSummary, Vec<K>), SourceError>
+where
+    S: HistorySource,
+    K: ViewSink + 'static,
+    M: Fn() -> K,
+{
     let grouped = src.grouped();
     let folders = drive_parts(
         src,
         false,
         show,
         what,
-        default_parts(),
-        || {
-            let tx = tx.clone();
-            ViewFolder::new(grouped, move |view| {
-                // The receiver only goes away on an error it reports itself.
-                let _ = tx.blocking_send(view);
-            })
-        },
-        |f, entry| f.entry(entry),
+        parts,
+        || ViewFolder::new(grouped, make()),
+        |f, item| f.item(item),
     )
     .await?;
-    drop(tx);
-    // Finishing hands out the last views with blocking sends: not on the async runtime.
+    // Finishing hands the last views to the sinks, which may block: not on the async runtime.
     tokio::task::spawn_blocking(move || {
         let mut total = FoldSummary::default();
+        let mut sinks = Vec::with_capacity(folders.len());
         for folder in folders {
-            let s = folder.finish();
-            total.events += s.events;
-            total.jobs += s.jobs;
-            total.error_count += s.error_count;
-            let room = MAX_ERRORS_KEPT.saturating_sub(total.errors.len());
-            total.errors.extend(s.errors.into_iter().take(room));
+            let (summary, sink) = folder.finish();
+            total.add(summary);
+            sinks.push(sink);
         }
-        total
+        (total, sinks)
     })
     .await
     .map_err(|e| SourceError::Unavailable(format!("fold failed: {e}")))
 }
 
-/// `stats` over a period, folded straight from the ledger.
+/// `stats` over a period, folded straight from the ledger (each part keeps its own figures).
 pub async fn stats<S: HistorySource>(
     src: &S,
     period: Period,
     show: bool,
 ) -> anyhow::Result<(Stats, FoldSummary)> {
-    let (tx, mut rx) = mpsc::channel::<JobView>(1024);
-    let collect = tokio::spawn(async move {
-        let mut builder = OrderedStats::new(period);
-        while let Some(view) = rx.recv().await {
-            builder.add(&view);
-        }
-        builder.finish()
-    });
-    let summary = fold_views(src, show, "stats", tx).await?;
-    let stats = collect.await?;
-    Ok((stats, summary))
+    let (summary, parts) = fold_views(src, show, "stats", default_parts(), || {
+        OrderedStats::new(period)
+    })
+    .await?;
+    Ok((OrderedStats::merge(period, parts).finish(), summary))
 }
 
 /// Stats of views that arrive in any order (a split scan folds parts at once), equal to the
 /// stats of the same views in job id order: a float sum depends on its order, so costs are kept
 /// (16 + 8 bytes a job, like the durations the builder keeps) and summed in job id order.
-struct OrderedStats {
+pub struct OrderedStats {
     builder: StatsBuilder,
     period: Period,
     costs: Vec<(JobId, f64)>,
 }
 
 impl OrderedStats {
-    fn new(period: Period) -> Self {
+    /// No jobs yet.
+    pub fn new(period: Period) -> Self {
         OrderedStats {
             builder: StatsBuilder::new(period),
             period,
@@ -227,18 +256,123 @@ impl OrderedStats {
         }
     }
 
-    fn add(&mut self, view: &JobView) {
+    /// Counts one job's view.
+    pub fn add(&mut self, view: &JobView) {
         self.builder.add(view);
         if self.period.contains(view.created_at) {
             self.costs.push((view.job_id, view.cost_usd));
         }
     }
 
-    fn finish(mut self) -> Stats {
+    /// The figures of several parts of one fold, as if one had counted every view.
+    pub fn merge(period: Period, parts: Vec<OrderedStats>) -> OrderedStats {
+        parts
+            .into_iter()
+            .fold(OrderedStats::new(period), |mut all, part| {
+                all.builder.merge(part.builder);
+                all.costs.extend(part.costs);
+                all
+            })
+    }
+
+    /// The figures, costs summed in job id order.
+    pub fn finish(mut self) -> Stats {
         let mut stats = self.builder.finish();
         self.costs.sort_unstable_by_key(|(id, _)| *id);
         stats.total_cost_usd = self.costs.iter().fold(0.0, |sum, (_, c)| sum + c);
         stats
+    }
+}
+
+impl ViewSink for OrderedStats {
+    fn view(&mut self, view: JobView) {
+        self.add(&view);
+    }
+}
+
+/// Where a rebuild's batches of views go.
+enum Target<V> {
+    /// Nowhere (stats only).
+    Nowhere,
+    /// To the dry run's comparer.
+    Compare(mpsc::Sender<Vec<JobView>>),
+    /// Into the store, from the part's own thread: the batch is serialised there, on every core
+    /// at once, and only the store's writes take turns.
+    Write {
+        store: V,
+        runtime: tokio::runtime::Handle,
+        /// Set by the first part that fails, so the others stop writing too.
+        failed: Arc<AtomicBool>,
+    },
+}
+
+/// A part's sink in `rebuild`: counts stats and hands views on in batches.
+struct Batches<V> {
+    stats: OrderedStats,
+    batch: Vec<JobView>,
+    target: Target<V>,
+    written: u64,
+    error: Option<ViewError>,
+}
+
+impl<V: ViewStore> Batches<V> {
+    fn new(target: Target<V>) -> Self {
+        Batches {
+            stats: OrderedStats::new(Period::ALL),
+            batch: Vec::new(),
+            target,
+            written: 0,
+            error: None,
+        }
+    }
+
+    fn send(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        match &self.target {
+            Target::Nowhere => {}
+            Target::Compare(tx) => {
+                if tx.blocking_send(batch).is_err() {
+                    // The comparer stopped on an error it reports itself.
+                    self.target = Target::Nowhere;
+                }
+            }
+            Target::Write {
+                store,
+                runtime,
+                failed,
+            } => {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                match runtime.block_on(store.upsert_many(&batch)) {
+                    Ok(n) => self.written += n as u64,
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        self.error = Some(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<V: ViewStore> ViewSink for Batches<V> {
+    fn view(&mut self, view: JobView) {
+        self.stats.add(&view);
+        if !matches!(self.target, Target::Nowhere) {
+            self.batch.push(view);
+            if self.batch.len() == VIEW_BATCH {
+                self.send();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            self.send();
+        }
+        // Closes the channel to the comparer once every part has flushed.
+        self.target = Target::Nowhere;
     }
 }
 
@@ -303,6 +437,12 @@ pub fn json_diff(
 
 /// Recomputes the read models from the ledger into `views`; never calls a reactor (nothing is
 /// notified). With `dry_run`, writes nothing and reports how the read model differs instead.
+///
+/// Views are folded on every core, each part writing its views in large batches (serialised on
+/// its own thread; the store's writes take turns). A dry run of a source that hands out jobs in
+/// job id order ([`HistorySource::sorted`]) folds in one part and merges its views with one
+/// ordered walk of the read model; other sources look each view up and walk the read model once
+/// at the end for views of jobs the ledger lacks.
 pub async fn rebuild<S, V>(
     src: &S,
     views: &V,
@@ -314,85 +454,59 @@ where
     S: HistorySource,
     V: ViewStore + Clone + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<JobView>(1024);
-    let store = views.clone();
     let write_jobs = matches!(projection, Projection::Jobs | Projection::All);
     let previous_stats = views.load_stats().await?;
     if !dry_run && write_jobs {
         views.clear().await?;
     }
-    let sink = tokio::spawn(async move {
-        let mut builder = OrderedStats::new(Period::ALL);
-        let mut written = 0u64;
-        let mut diffs = Vec::new();
-        let mut diff_count = 0u64;
-        let mut seen = HashSet::new();
-        let mut pending = Vec::with_capacity(WRITE_BATCH);
-        while let Some(view) = rx.recv().await {
-            builder.add(&view);
-            if dry_run {
-                seen.insert(view.job_id);
-                if write_jobs {
-                    let stored = store.get(view.job_id).await?;
-                    let diff = match stored {
-                        None => Some(("missing", BTreeMap::new())),
-                        Some(s) if s != view => Some((
-                            "differs",
-                            json_diff(&serde_json::to_value(&s)?, &serde_json::to_value(&view)?),
-                        )),
-                        Some(_) => None,
-                    };
-                    if let Some((change, fields)) = diff {
-                        diff_count += 1;
-                        if diffs.len() < 1000 {
-                            diffs.push(ViewDiff {
-                                job_id: view.job_id,
-                                change,
-                                fields,
-                            });
-                        }
-                    }
-                }
-            } else if write_jobs {
-                pending.push(view);
-                if pending.len() == WRITE_BATCH {
-                    written += store.upsert_many(&pending).await? as u64;
-                    pending.clear();
-                }
-            }
+    let ordered = dry_run && src.sorted();
+    let (tx, rx) = mpsc::channel::<Vec<JobView>>(1);
+    let store = views.clone();
+    let comparer = tokio::spawn(async move {
+        let mut out = Consumed::default();
+        match (dry_run && write_jobs, ordered) {
+            (false, _) => {}
+            (true, true) => merge_views(&store, rx, &mut out).await?,
+            (true, false) => look_up_views(&store, rx, &mut out).await?,
         }
-        if !pending.is_empty() {
-            written += store.upsert_many(&pending).await? as u64;
-        }
-        if dry_run && write_jobs {
-            // Views of jobs the ledger does not have, walked page by page.
-            let mut after = None;
-            loop {
-                let page = store.scan(after, 500).await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.job_id);
-                for v in page.iter().filter(|v| !seen.contains(&v.job_id)) {
-                    diff_count += 1;
-                    if diffs.len() < 1000 {
-                        diffs.push(ViewDiff {
-                            job_id: v.job_id,
-                            change: "extra",
-                            fields: BTreeMap::new(),
-                        });
-                    }
-                }
-            }
-        }
-        Ok::<_, anyhow::Error>((builder.finish(), written, diffs, diff_count))
+        Ok::<_, anyhow::Error>(out)
     });
-    let fold = fold_views(src, show, "rebuild", tx).await;
-    let (stats, written, diffs, diff_count) = sink.await??;
-    let fold = fold?;
+    // A writing part waits while the store writes its batch: one part more keeps every core folding.
+    let parts = match (ordered, write_jobs && !dry_run) {
+        (true, _) => 1,
+        (false, true) => default_parts() + 1,
+        (false, false) => default_parts(),
+    };
+    let (runtime, failed) = (tokio::runtime::Handle::current(), Arc::default());
+    let folded = fold_views(src, show, "rebuild", parts, || {
+        Batches::new(match (write_jobs, dry_run) {
+            (false, _) => Target::Nowhere,
+            (true, true) => Target::Compare(tx.clone()),
+            (true, false) => Target::Write {
+                store: views.clone(),
+                runtime: runtime.clone(),
+                failed: Arc::clone(&failed),
+            },
+        })
+    })
+    .await;
+    drop(tx);
+    let mut consumed = comparer.await??;
+    let (fold, parts) = folded?;
+    let mut stats = Vec::with_capacity(parts.len());
+    for part in parts {
+        if let Some(e) = part.error {
+            return Err(e.into());
+        }
+        consumed.written += part.written;
+        stats.push(part.stats);
+    }
+    let stats = OrderedStats::merge(Period::ALL, stats).finish();
     let mut report = RebuildReport {
         fold,
-        written,
-        diffs,
-        diff_count,
+        written: consumed.written,
+        diffs: consumed.diffs,
+        diff_count: consumed.diff_count,
         stats_diff: BTreeMap::new(),
     };
     let write_stats = matches!(projection, Projection::Stats | Projection::All);
@@ -412,4 +526,134 @@ where
         views.save_stats(&previous).await?;
     }
     Ok(report)
+}
+
+/// What the writer or the comparer of a rebuild did.
+#[derive(Default)]
+struct Consumed {
+    written: u64,
+    diffs: Vec<ViewDiff>,
+    diff_count: u64,
+}
+
+impl Consumed {
+    fn differs(&mut self, job_id: JobId, change: &'static str, fields: DiffFields) {
+        self.diff_count += 1;
+        if self.diffs.len() < MAX_DIFFS_KEPT {
+            self.diffs.push(ViewDiff {
+                job_id,
+                change,
+                fields,
+            });
+        }
+    }
+
+    /// Compares a stored view with the rebuilt one.
+    fn compare(&mut self, stored: Option<JobView>, rebuilt: &JobView) -> anyhow::Result<()> {
+        match stored {
+            None => self.differs(rebuilt.job_id, "missing", BTreeMap::new()),
+            Some(s) if s != *rebuilt => {
+                let fields = json_diff(&serde_json::to_value(&s)?, &serde_json::to_value(rebuilt)?);
+                self.differs(rebuilt.job_id, "differs", fields);
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Field → [stored, rebuilt].
+type DiffFields = BTreeMap<String, (serde_json::Value, serde_json::Value)>;
+
+/// The read model walked in job id order, a page at a time.
+struct StoredViews<'a, V> {
+    store: &'a V,
+    page: VecDeque<JobView>,
+    after: Option<JobId>,
+    done: bool,
+}
+
+impl<V: ViewStore> StoredViews<'_, V> {
+    /// The next stored view's job, reading the next page when needed.
+    async fn peek(&mut self) -> anyhow::Result<Option<JobId>> {
+        if self.page.is_empty() && !self.done {
+            let page = self.store.scan(self.after, SCAN_PAGE).await?;
+            self.after = page.last().map(|v| v.job_id).or(self.after);
+            self.done = page.is_empty();
+            self.page.extend(page);
+        }
+        Ok(self.page.front().map(|v| v.job_id))
+    }
+}
+
+/// Merges rebuilt views, arriving in job id order, with one ordered walk of the read model.
+async fn merge_views<V: ViewStore>(
+    store: &V,
+    mut rx: mpsc::Receiver<Vec<JobView>>,
+    out: &mut Consumed,
+) -> anyhow::Result<()> {
+    let mut stored = StoredViews {
+        store,
+        page: VecDeque::new(),
+        after: None,
+        done: false,
+    };
+    let mut last = None;
+    while let Some(batch) = rx.recv().await {
+        for view in batch {
+            if let Some(previous) = last
+                && view.job_id <= previous
+            {
+                anyhow::bail!(
+                    "the source handed out job {} after job {previous}: not in job id order",
+                    view.job_id
+                );
+            }
+            last = Some(view.job_id);
+            // Stored views before this job are of jobs the ledger does not have.
+            while let Some(id) = stored.peek().await?
+                && id < view.job_id
+            {
+                stored.page.pop_front();
+                out.differs(id, "extra", BTreeMap::new());
+            }
+            let same = stored.peek().await? == Some(view.job_id);
+            let found = if same { stored.page.pop_front() } else { None };
+            out.compare(found, &view)?;
+        }
+    }
+    while let Some(id) = stored.peek().await? {
+        stored.page.pop_front();
+        out.differs(id, "extra", BTreeMap::new());
+    }
+    Ok(())
+}
+
+/// Looks each rebuilt view up (the views may come in any order), then walks the read model once
+/// for views of jobs the ledger does not have.
+async fn look_up_views<V: ViewStore>(
+    store: &V,
+    mut rx: mpsc::Receiver<Vec<JobView>>,
+    out: &mut Consumed,
+) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    while let Some(batch) = rx.recv().await {
+        for view in batch {
+            seen.insert(view.job_id);
+            out.compare(store.get(view.job_id).await?, &view)?;
+        }
+    }
+    let mut stored = StoredViews {
+        store,
+        page: VecDeque::new(),
+        after: None,
+        done: false,
+    };
+    while let Some(id) = stored.peek().await? {
+        stored.page.pop_front();
+        if !seen.contains(&id) {
+            out.differs(id, "extra", BTreeMap::new());
+        }
+    }
+    Ok(())
 }

@@ -4,135 +4,32 @@
 //! Run through `scripts/with-moto cargo nextest run -p jobledger-replay --all-features`.
 #![cfg(feature = "dynamodb")]
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, WriteRequest,
+use aws_sdk_dynamodb::types::AttributeValue;
+use jobledger_events::execute::record;
+use jobledger_events::testing::{build_history, noop_spec, test_context};
+use jobledger_events::{
+    AppendBatch, DynamoEventStore, EventStore, EventsTables, Hash, JobEvent, JobId, RecordedEvent,
 };
-use jobledger_events::dynamo::event_item;
-use jobledger_events::testing::build_history;
-use jobledger_events::{JobId, RecordedEvent};
 use jobledger_projections::{JobView, SqliteViewStore, ViewStore};
 use jobledger_replay::dynamo_source::DynamoSource;
+use jobledger_replay::format::Entry;
 use jobledger_replay::synth::Synth;
 use jobledger_replay::verify::rules;
 use jobledger_replay::views::{Projection, rebuild};
 use jobledger_replay::{HistorySource, ReplayCommand, SourceArgs, run, verify_source};
+use jobledger_testsupport::moto::{self, Moto, event_item_at, seed_events};
 
-fn endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: these tests need a moto server; run them as \
-             `scripts/with-moto cargo nextest run -p jobledger-replay --all-features`"
-        )
-    })
-}
+/// How to run this file, for the message when moto is missing.
+const RUN_AS: &str = "scripts/with-moto cargo nextest run -p jobledger-replay --all-features";
 
-fn region() -> String {
-    std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
-}
-
-fn clients() -> (aws_sdk_dynamodb::Client, aws_sdk_s3::Client) {
-    let endpoint = endpoint();
-    let credentials = Credentials::new("test", "test", None, None, "moto");
-    let dynamo = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(Region::new(region()))
-        .credentials_provider(credentials.clone())
-        .build();
-    let s3 = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_sdk_s3::config::Region::new(region()))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .build();
-    (
-        aws_sdk_dynamodb::Client::from_conf(dynamo),
-        aws_sdk_s3::Client::from_conf(s3),
-    )
-}
-
-/// A new events table with the deployed key schema (no stream: moto keeps every stream record).
-async fn events_table(dynamo: &aws_sdk_dynamodb::Client) -> String {
-    let table = format!("events-{}", uuid::Uuid::now_v7().simple());
-    let attribute = |name: &str, kind| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(kind)
-            .build()
-            .expect("attribute")
-    };
-    let key = |name: &str, kind| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .expect("key")
-    };
-    dynamo
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("job_id", ScalarAttributeType::S))
-        .attribute_definitions(attribute("version", ScalarAttributeType::N))
-        .key_schema(key("job_id", KeyType::Hash))
-        .key_schema(key("version", KeyType::Range))
-        .send()
-        .await
-        .expect("create the events table");
-    table
-}
-
-/// Seeds with `BatchWriteItem`: moto's transactions copy the whole table each time.
-async fn seed(dynamo: &aws_sdk_dynamodb::Client, table: &str, events: &[RecordedEvent]) {
-    for chunk in events.chunks(25) {
-        let mut requests: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|e| {
-                let put = PutRequest::builder()
-                    .set_item(Some(event_item(e).expect("item")))
-                    .build()
-                    .expect("put");
-                WriteRequest::builder().put_request(put).build()
-            })
-            .collect();
-        while !requests.is_empty() {
-            let out = dynamo
-                .batch_write_item()
-                .request_items(table, requests)
-                .send()
-                .await
-                .expect("batch write");
-            requests = out
-                .unprocessed_items
-                .and_then(|mut u| u.remove(table))
-                .unwrap_or_default();
-        }
-    }
-}
-
-async fn item(
-    dynamo: &aws_sdk_dynamodb::Client,
-    table: &str,
-    job_id: JobId,
-    version: u64,
-) -> HashMap<String, AttributeValue> {
-    dynamo
-        .get_item()
-        .table_name(table)
-        .key("job_id", AttributeValue::S(job_id.to_string()))
-        .key("version", AttributeValue::N(version.to_string()))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get item")
-        .item
-        .expect("the item exists")
+/// A new events table on moto, and the clients.
+async fn events_table() -> (Moto, String) {
+    let moto = Moto::connect(RUN_AS);
+    let table = moto::unique("events");
+    moto::create_events_table(&moto.dynamo, &table).await;
+    (moto, table)
 }
 
 fn args(table: &str) -> SourceArgs {
@@ -146,8 +43,7 @@ fn args(table: &str) -> SourceArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_over_one_megabyte_in_dynamodb_is_verified_and_its_views_rebuilt() {
-    let (dynamo, s3) = clients();
-    let table = events_table(&dynamo).await;
+    let (Moto { dynamo, s3, .. }, table) = events_table().await;
     let long_job = JobId::new();
     let long = build_history(long_job, 2_996);
     let bytes: usize = long
@@ -159,7 +55,7 @@ async fn a_history_over_one_megabyte_in_dynamodb_is_verified_and_its_views_rebui
     let jobs: Vec<Vec<RecordedEvent>> = (0..20).map(|_| synth.job()).collect();
     let mut all: Vec<RecordedEvent> = jobs.iter().flatten().cloned().collect();
     all.extend(long.iter().cloned());
-    seed(&dynamo, &table, &all).await;
+    seed_events(&dynamo, &table, &all).await;
 
     let src = DynamoSource::new(dynamo.clone(), s3, &table, 3);
     // One job by Query, paging past 1 MB.
@@ -205,17 +101,16 @@ async fn a_history_over_one_megabyte_in_dynamodb_is_verified_and_its_views_rebui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_deleted_item_in_dynamodb_is_caught_and_named() {
-    let (dynamo, s3) = clients();
-    let table = events_table(&dynamo).await;
+    let (Moto { dynamo, s3, .. }, table) = events_table().await;
     let mut synth = Synth::new(8);
     let jobs: Vec<Vec<RecordedEvent>> = (0..12).map(|_| synth.job()).collect();
-    seed(&dynamo, &table, &jobs.concat()).await;
+    seed_events(&dynamo, &table, &jobs.concat()).await;
     let src = DynamoSource::new(dynamo.clone(), s3, &table, 2);
     assert!(verify_source(&src, None, false).await.expect("verify").ok());
 
     // One byte of one item's actor changed in place.
     let edited = jobs[3][1].job_id;
-    let mut changed = item(&dynamo, &table, edited, 2).await;
+    let mut changed = event_item_at(&dynamo, &table, edited, 2).await;
     let Some(AttributeValue::S(actor)) = changed.get("actor").cloned() else {
         panic!("an item has an actor");
     };
@@ -294,4 +189,72 @@ async fn a_tampered_or_deleted_item_in_dynamodb_is_caught_and_named() {
         .expect_err("missing table");
     assert!(format!("{err:#}").contains("no-such-table"), "{err:#}");
     assert!(src.extent().await.is_ok());
+}
+
+/// A payload moved to S3 (over 300 KB) is read back by the source the command line opens, with
+/// its clients built from the standard AWS environment (`jobledger_workers::aws_clients`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_offloaded_to_s3_is_read_through_the_standard_aws_environment() {
+    let (Moto { dynamo, s3, .. }, table) = events_table().await;
+    let bucket = moto::unique("payloads");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("create the bucket");
+    let store = DynamoEventStore::new(
+        dynamo.clone(),
+        s3.clone(),
+        EventsTables {
+            events: table.clone(),
+            idempotency: None,
+            payload_bucket: Some(bucket.clone()),
+        },
+    );
+    let job_id = JobId::new();
+    let mut spec = noop_spec(1);
+    spec.metadata
+        .insert("blob".into(), "ü✓ payload ".repeat(30_000).into());
+    let submitted = record(
+        job_id,
+        0,
+        Hash::ZERO,
+        &[JobEvent::JobSubmitted(spec)],
+        &test_context("api-key:big"),
+    );
+    store
+        .append(AppendBatch {
+            job_id,
+            expected_version: 0,
+            events: submitted.clone(),
+            idempotency: None,
+        })
+        .await
+        .expect("append");
+    let item = event_item_at(&dynamo, &table, job_id, 1).await;
+    assert!(
+        item.contains_key("data_uri"),
+        "the payload was not offloaded"
+    );
+
+    let src = DynamoSource::from_env(&table, 1).await;
+    let entries = src.job(job_id, true).await.expect("read the job");
+    let [Entry::Event(read)] = entries.as_slice() else {
+        panic!("not one readable event: {entries:#?}");
+    };
+    assert_eq!(read.event, submitted[0], "the payload read back from S3");
+    // The payload is whole: verify sees its oversized metadata (the api would have refused it),
+    // which it could only do by reading the payload back from S3.
+    let report = verify_source(&src, Some(job_id), false)
+        .await
+        .expect("verify");
+    assert_eq!(report.events, 1);
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.rule == rules::LEGAL && f.detail.contains("metadata")),
+        "{:#?}",
+        report.findings
+    );
 }

@@ -13,7 +13,8 @@ use jobledger_replay::synth::{Rng, Synth};
 use jobledger_replay::verify::rules;
 use jobledger_replay::views::{Projection, rebuild};
 use jobledger_replay::{
-    FileSource, ReplayCommand, SourceArgs, SqliteSource, VerifyReport, run, verify_source,
+    AnySource, FileSource, ReplayCommand, SourceArgs, SqliteSource, VerifyReport, run,
+    verify_source,
 };
 
 fn generate(jobs: usize, seed: u64, results: Option<&Path>) -> Vec<Vec<RecordedEvent>> {
@@ -550,6 +551,40 @@ async fn rebuild_equals_the_read_model_built_incrementally() {
     .await
     .unwrap();
     assert_eq!(from_file.diff_count, 0);
+
+    // A view missing, one of a job the ledger lacks, one changed: both kinds of dry run (the
+    // ordered merge of the store, the look-ups of the file) name each once.
+    let conn = rusqlite::Connection::open(dir.path().join("views.sqlite3")).unwrap();
+    conn.execute(
+        "DELETE FROM jobs WHERE job_id = ?1",
+        [live[5].job_id.to_string()],
+    )
+    .unwrap();
+    let mut extra = live[6].clone();
+    extra.job_id = jobledger_events::JobId::new();
+    views.upsert(&extra).await.unwrap();
+    let mut changed = live[7].clone();
+    changed.error = Some("edited".into());
+    changed.last_version += 1;
+    views.upsert(&changed).await.unwrap();
+    let mut want = vec![
+        (live[5].job_id, "missing"),
+        (extra.job_id, "extra"),
+        (live[7].job_id, "differs"),
+    ];
+    want.sort();
+    for (name, src) in [
+        ("ledger", AnySource::Sqlite(src.clone())),
+        ("export", AnySource::File(FileSource::open(&file).unwrap())),
+    ] {
+        let dry = rebuild(&src, &views, Projection::Jobs, true, false)
+            .await
+            .unwrap();
+        let mut got: Vec<_> = dry.diffs.iter().map(|d| (d.job_id, d.change)).collect();
+        got.sort();
+        assert_eq!(got, want, "{name}");
+        assert_eq!(dry.diff_count, 3, "{name}");
+    }
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 //! - [`backends`]: the OpenAI-compatible and Bedrock backends, prompts, retries and prices.
 //! - [`objects`]: the `ObjectStore` port for results, checkpoints and large inputs.
 
+#[cfg(feature = "aws")]
+pub mod aws_clients;
 pub mod backend;
 pub mod backends;
 pub mod config;

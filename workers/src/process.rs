@@ -69,13 +69,8 @@ async fn run_on_aws(
     aws: &crate::config::AwsStorage,
 ) -> anyhow::Result<AttemptOutcome> {
     use jobledger_events::{DynamoEventStore, EventsTables};
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    // Path-style addressing when an endpoint is overridden (moto, MinIO need it).
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(sdk.endpoint_url().is_some())
-            .build(),
-    );
+    let sdk = crate::aws_clients::sdk_config().await;
+    let s3 = crate::aws_clients::s3_client(&sdk);
     // No idempotency table: a worker claims no idempotency keys.
     let tables = EventsTables {
         events: aws.events_table.clone(),

@@ -9,15 +9,15 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use jobledger_events::event::Usage;
-use jobledger_events::execute::Executed;
+use jobledger_events::execute::{Executed, record};
 use jobledger_events::spec::{Item, JobInput};
 use jobledger_events::{
-    Clock, Command, CommandContext, EventStore, ExecuteError, Job, JobId, Rejection, Status,
-    execute,
+    AppendBatch, Clock, Command, CommandContext, EventStore, ExecuteError, Hash, Job, JobId,
+    Rejection, Status, StoreError, execute,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -206,6 +206,7 @@ pub async fn run_attempt_with<S: EventStore, O: ObjectStore, B: Backend>(
         ctx.correlation_id = e.correlation_id.clone();
         ctx.causation_id = e.event_id.to_string();
     }
+    let head = Head::after(&claimed);
     tracing::info!(%job_id, attempt, backend = backend.name(), "attempt started");
     let mut run = Run {
         store,
@@ -222,6 +223,7 @@ pub async fn run_attempt_with<S: EventStore, O: ObjectStore, B: Backend>(
         failed: 0,
         checkpoint_uri: None,
         usage: Vec::new(),
+        head,
     };
     match run.go(backend, claimed.job, &mut shutdown, started).await {
         Ok(outcome) => Ok(outcome),
@@ -325,12 +327,67 @@ struct Run<'a, S, O> {
     checkpoint_uri: Option<String>,
     /// Usage of items processed by this attempt (resumed items were paid for before).
     usage: Vec<ItemUsage>,
+    /// The job as this worker's last append left it.
+    head: Option<Head>,
+}
+
+/// The job as of the last event this worker appended: the next command is decided on it and
+/// appended without loading the history again. The append's expected version guards it: if anyone
+/// appended since, the store refuses and the command goes through `execute`, which reloads.
+struct Head {
+    job: Job,
+    hash: Hash,
+    at: DateTime<Utc>,
+}
+
+impl Head {
+    fn after(executed: &Executed) -> Option<Head> {
+        executed.events.last().map(|last| Head {
+            job: executed.job.clone(),
+            hash: last.hash,
+            at: last.at,
+        })
+    }
 }
 
 impl<S: EventStore, O: ObjectStore> Run<'_, S, O> {
     async fn exec(&mut self, cmd: &Command) -> Result<Executed, ExecuteError> {
         self.ctx.now = Utc::now();
-        execute(self.store, self.job_id, cmd, &self.ctx).await
+        let executed = match self.append_on_head(cmd).await? {
+            Some(executed) => executed,
+            None => execute(self.store, self.job_id, cmd, &self.ctx).await?,
+        };
+        self.head = Head::after(&executed);
+        Ok(executed)
+    }
+
+    /// Decides `cmd` on [`Head`] and appends; `None` when that cannot settle it (no head, a
+    /// refusal that a fresh load must confirm, or someone appended meanwhile).
+    async fn append_on_head(&self, cmd: &Command) -> Result<Option<Executed>, ExecuteError> {
+        let Some(head) = &self.head else {
+            return Ok(None);
+        };
+        let Ok(new_events) = head.job.decide(cmd) else {
+            return Ok(None);
+        };
+        let mut ctx = self.ctx.clone();
+        // The ledger's times never go back, whatever this worker's clock says (as in `execute`).
+        ctx.now = ctx.now.max(head.at);
+        let events = record(self.job_id, head.job.version, head.hash, &new_events, &ctx);
+        let batch = AppendBatch {
+            job_id: self.job_id,
+            expected_version: head.job.version,
+            events: events.clone(),
+            idempotency: None,
+        };
+        match self.store.append(batch).await {
+            Ok(()) => Ok(Some(Executed {
+                job: new_events.iter().fold(head.job.clone(), Job::evolve),
+                events,
+            })),
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn clock() -> Clock {

@@ -81,9 +81,8 @@ impl S3ObjectStore {
         self
     }
 
-    /// Builds the client from the environment (region, credentials, `AWS_ENDPOINT_URL`) and
-    /// writes to `RESULTS_BUCKET`. With an endpoint override (moto, MinIO) buckets are addressed
-    /// by path, which such servers need.
+    /// Builds the client from the environment (region, credentials, `AWS_ENDPOINT_URL`; see
+    /// [`crate::aws_clients::s3_client`]) and writes to `RESULTS_BUCKET`.
     pub async fn from_env() -> Result<Self, ObjectError> {
         let bucket = std::env::var("RESULTS_BUCKET")
             .ok()
@@ -91,11 +90,8 @@ impl S3ObjectStore {
             .ok_or_else(|| {
                 ObjectError::Backend("environment variable RESULTS_BUCKET is not set".into())
             })?;
-        let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(shared.endpoint_url().is_some())
-            .build();
-        Ok(Self::new(aws_sdk_s3::Client::from_conf(config), bucket))
+        let sdk = crate::aws_clients::sdk_config().await;
+        Ok(Self::new(crate::aws_clients::s3_client(&sdk), bucket))
     }
 
     /// The bucket objects are written to.

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use image::ImageFormat;
 use jobledger_events::JobKind;
 use jobledger_events::event::JobEvent;
+use jobledger_testsupport::http::Seen;
 use jobledger_workers::backends::openai::OpenAiChat;
 use jobledger_workers::backends::pricing::PriceTable;
 use jobledger_workers::backends::retry::CallPolicy;

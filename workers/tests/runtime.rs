@@ -11,18 +11,19 @@ use std::time::Duration;
 use base64::Engine as _;
 use chrono::Utc;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use jobledger_events::chain::compute_hash;
 use jobledger_events::event::{Capacity, JobEvent};
 use jobledger_events::spec::{Item, JobInput, Notify};
 use jobledger_events::{
-    Command, CommandContext, EventStore, JobId, JobKind, JobSpec, Rejection, SqliteEventStore,
-    Status, execute,
+    AppendBatch, Clock, Command, CommandContext, EventStore, Hash, IdempotencyRecord, JobId,
+    JobKind, JobSpec, RecordedEvent, Rejection, SqliteEventStore, Status, StoreError, execute,
 };
 use jobledger_workers::kinds::document::Document;
 use jobledger_workers::kinds::image_alt::ImageInput;
 use jobledger_workers::runtime::Checkpoint;
 use jobledger_workers::{
-    AttemptOutcome, Backend, BuiltinBackend, FsObjectStore, Generated, ItemError, ObjectStore,
-    ResultLine, WorkerConfig, WorkerError, run_attempt, run_attempt_with,
+    AttemptOutcome, Backend, BuiltinBackend, FsObjectStore, Generated, ItemError, ObjectError,
+    ObjectStore, ResultLine, WorkerConfig, WorkerError, run_attempt, run_attempt_with,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -156,7 +157,8 @@ struct Probe {
     calls: Arc<AtomicUsize>,
     delay: Duration,
     stop_at: Option<(usize, watch::Sender<bool>)>,
-    cancel_at: Option<(usize, SqliteEventStore, JobId)>,
+    /// At the n-th call, another actor sends this command to the job.
+    interject_at: Option<(usize, SqliteEventStore, JobId, Command)>,
 }
 
 impl Probe {
@@ -165,7 +167,7 @@ impl Probe {
             calls: Arc::new(AtomicUsize::new(0)),
             delay: Duration::ZERO,
             stop_at: None,
-            cancel_at: None,
+            interject_at: None,
         }
     }
 
@@ -180,13 +182,10 @@ impl Probe {
         {
             tx.send_replace(true);
         }
-        if let Some((at, store, job)) = &self.cancel_at
+        if let Some((at, store, job, command)) = &self.interject_at
             && n == *at
         {
-            let cancel = Command::Cancel {
-                reason: "user asked".into(),
-            };
-            execute(store, *job, &cancel, &ctx("api-key:test"))
+            execute(store, *job, command, &ctx("system:test"))
                 .await
                 .unwrap();
         }
@@ -249,7 +248,7 @@ async fn a_full_job_succeeds_with_a_results_file_and_its_checksum() {
     };
     assert_eq!((items_ok, items_failed), (3, 0));
     assert!(
-        result_uri.ends_with(&format!("results/{job}/1.jsonl")),
+        result_uri.ends_with(&format!("results/{job}~1.jsonl")),
         "{result_uri}"
     );
     let (bytes, lines) = results(&w, &result_uri).await;
@@ -423,19 +422,19 @@ async fn shutdown_mid_run_checkpoints_and_records_the_interruption() {
         (2, 6, 2)
     );
     // No results file: the job is not finished.
+    let results_file = w
+        .objects
+        .path_of_key(&format!("results/{job}/1.jsonl"))
+        .unwrap();
     assert!(
-        w.objects
-            .get(&format!(
-                "file://{}/results/{job}/1.jsonl",
-                w._dir
-                    .path()
-                    .join("objects")
-                    .canonicalize()
-                    .unwrap()
-                    .display()
-            ))
-            .await
-            .is_err()
+        matches!(
+            w.objects
+                .get(&format!("file://{}", results_file.display()))
+                .await,
+            Err(ObjectError::NotFound(_))
+        ),
+        "{}",
+        results_file.display()
     );
 }
 
@@ -497,7 +496,7 @@ async fn the_next_attempt_resumes_from_the_checkpoint_and_skips_done_items() {
             .unwrap()
             .starts_with("Item number")
     }));
-    assert!(result_uri.ends_with(&format!("results/{job}/2.jsonl")));
+    assert!(result_uri.ends_with(&format!("results/{job}~2.jsonl")));
 }
 
 #[tokio::test]
@@ -512,7 +511,14 @@ async fn a_cancellation_seen_on_progress_stops_the_worker_and_cancels_the_job() 
     )
     .await;
     let probe = Probe {
-        cancel_at: Some((2, w.store.clone(), job)),
+        interject_at: Some((
+            2,
+            w.store.clone(),
+            job,
+            Command::Cancel {
+                reason: "user asked".into(),
+            },
+        )),
         ..Probe::new()
     };
     let cfg = WorkerConfig {
@@ -786,4 +792,139 @@ async fn a_backend_outage_fails_the_attempt_as_retryable_after_checkpointing() {
         unreachable!()
     };
     assert!(f.retryable && f.error.contains("503"), "{f:?}");
+}
+
+/// The ledger, counting the histories loaded through it.
+#[derive(Clone)]
+struct CountingStore {
+    inner: SqliteEventStore,
+    loads: Arc<AtomicUsize>,
+}
+
+impl EventStore for CountingStore {
+    async fn load(&self, job_id: JobId) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(job_id).await
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<(), StoreError> {
+        self.inner.append(batch).await
+    }
+
+    async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.inner.idempotency(key).await
+    }
+}
+
+fn assert_chained(history: &[RecordedEvent]) {
+    let mut prev = Hash::ZERO;
+    for (i, e) in history.iter().enumerate() {
+        assert_eq!(e.version, i as u64 + 1, "gap-free versions");
+        assert_eq!(
+            e.prev_hash, prev,
+            "version {} chains from the one before",
+            e.version
+        );
+        assert_eq!(
+            e.hash,
+            compute_hash(e),
+            "version {} hashes its content",
+            e.version
+        );
+        if i > 0 {
+            assert!(e.at >= history[i - 1].at, "times never go back");
+        }
+        prev = e.hash;
+    }
+}
+
+#[tokio::test]
+async fn after_its_claim_a_worker_appends_without_loading_the_history_again() {
+    let w = world();
+    let job = launched(&w, spec(JobKind::Noop, JobInput::Items { items: texts(5) })).await;
+    let store = CountingStore {
+        inner: w.store.clone(),
+        loads: Arc::new(AtomicUsize::new(0)),
+    };
+
+    let outcome = run_attempt(&store, &w.objects, job, 1, &cfg(), no_shutdown())
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(outcome, AttemptOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let history = w.store.load(job).await.unwrap();
+    let decoded: Vec<JobEvent> = history.iter().map(|e| e.decode().unwrap()).collect();
+    assert_eq!(
+        types(&decoded)[3..],
+        [
+            "AttemptStarted",
+            "ProgressReported",
+            "ProgressReported",
+            "JobSucceeded"
+        ]
+    );
+    assert_chained(&history);
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        1,
+        "only the claim loads the job"
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_timed_out_behind_the_workers_back_supersedes_it() {
+    let w = world();
+    let job = launched(
+        &w,
+        spec(
+            JobKind::MetaDescription,
+            JobInput::Items { items: texts(4) },
+        ),
+    )
+    .await;
+    let probe = Probe {
+        interject_at: Some((
+            2,
+            w.store.clone(),
+            job,
+            Command::TimeOut {
+                attempt: 1,
+                clock: Clock {
+                    now: Utc::now(),
+                    jitter: 0.5,
+                },
+            },
+        )),
+        ..Probe::new()
+    };
+    let cfg = WorkerConfig {
+        concurrency: 1,
+        progress_every_items: 1,
+        ..cfg()
+    };
+
+    let outcome = run_attempt_with(&w.store, &w.objects, &probe, job, 1, &cfg, no_shutdown())
+        .await
+        .unwrap();
+
+    assert!(
+        matches!(outcome, AttemptOutcome::Superseded(_)),
+        "the worker sees the timeout through its refused report: {outcome:?}"
+    );
+    let history = w.store.load(job).await.unwrap();
+    let decoded: Vec<JobEvent> = history.iter().map(|e| e.decode().unwrap()).collect();
+    assert_eq!(
+        types(&decoded)[3..],
+        [
+            "AttemptStarted",
+            "ProgressReported",
+            "AttemptTimedOut",
+            "RetryScheduled"
+        ],
+        "nothing of the worker lands after the timeout"
+    );
+    assert_chained(&history);
 }

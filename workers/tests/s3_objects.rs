@@ -4,34 +4,18 @@
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::types::ServerSideEncryption;
+use jobledger_testsupport::moto;
 use jobledger_workers::s3::{Encryption, parse_s3_uri};
 use jobledger_workers::{ObjectError, ObjectStore, S3ObjectStore};
 
-fn client() -> aws_sdk_s3::Client {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!(
-            "AWS_ENDPOINT_URL is not set: these tests need a moto server; run them as \
-             `scripts/with-moto cargo test -p jobledger-workers --features aws --test s3_objects`"
-        )
-    });
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new(
-            std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        ))
-        .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
-        // moto serves buckets by path, not by virtual host.
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
+/// How to run this file, for the message when moto is missing.
+const RUN_AS: &str =
+    "scripts/with-moto cargo test -p jobledger-workers --features aws --test s3_objects";
 
 async fn fresh_store() -> (aws_sdk_s3::Client, S3ObjectStore) {
-    let client = client();
-    let bucket = format!("results-{}", uuid::Uuid::now_v7().simple());
+    let client = moto::s3_client(&moto::endpoint(RUN_AS));
+    let bucket = moto::unique("results");
     client
         .create_bucket()
         .bucket(&bucket)
@@ -144,7 +128,7 @@ async fn a_missing_object_is_not_found_for_get_and_presign() {
         "presign of a missing key"
     );
     // A missing bucket is a backend failure, not a missing object.
-    let other = format!("s3://no-such-bucket-{}/k", uuid::Uuid::now_v7().simple());
+    let other = format!("s3://{}/k", moto::unique("no-such-bucket"));
     assert!(
         matches!(store.get(&other).await, Err(ObjectError::Backend(_))),
         "get from a missing bucket"

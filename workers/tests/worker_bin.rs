@@ -96,7 +96,7 @@ async fn the_binary_runs_a_job_to_success_and_exits_0() {
     assert_eq!(types(&store, job).await.last(), Some(&"JobSucceeded"));
     assert!(
         dir.path()
-            .join(format!("objects/results/{job}/1.jsonl"))
+            .join(format!("objects/results/{job}~1.jsonl"))
             .exists()
     );
 

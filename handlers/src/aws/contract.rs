@@ -163,9 +163,10 @@ pub const SETUP_ONLY: &[NotCalled] = &[
 ];
 
 // The reasons shared by several binaries.
-const EVENTS_ONLY: &str = "EventsTables::events_only: no idempotency table to read";
-const NO_OFFLOAD: &str = "EventsTables::events_only has no payload bucket; its events (JobQueued, \
-                          TaskLaunched, AttemptTimedOut, ...) are far below the 300 KB offload size";
+const EVENTS_ONLY: &str = "DynamoEventStore::events_only: no idempotency table to read";
+const NO_OFFLOAD: &str = "DynamoEventStore::events_only has no payload bucket; its events \
+                          (JobQueued, TaskLaunched, AttemptTimedOut, ...) are far below the 300 KB \
+                          offload size";
 const NO_REBUILD: &str =
     "scan, clear and upsert_many are the replay tool's rebuild, not a Lambda's";
 

@@ -18,19 +18,8 @@ pub use config::ConfigError;
 pub use ecs::{EcsConfig, EcsTaskLauncher};
 pub use sqs::SqsJobQueue;
 
-/// The shared SDK configuration (region, credentials, `AWS_ENDPOINT_URL`), loaded once per cold start.
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
-}
-
-/// The S3 client; with an endpoint override (moto, MinIO) buckets are addressed by path, which
-/// such servers need.
-pub fn s3_client(sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
+// One builder for the worker, the Lambdas and the tools: see `jobledger_workers::aws_clients`.
+pub use jobledger_workers::aws_clients::{s3_client, sdk_config};
 
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};

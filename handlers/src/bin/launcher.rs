@@ -2,7 +2,7 @@
 // The handler future nests the SDK, ledger and core futures deeper than the default limit.
 #![recursion_limit = "256"]
 
-use jobledger_events::dynamo::{DynamoEventStore, EventsTables};
+use jobledger_events::dynamo::DynamoEventStore;
 use jobledger_handlers::aws::config::LauncherConfig;
 use jobledger_handlers::aws::{
     EcsTaskLauncher, SqsJobQueue, functions, logging, s3_client, sdk_config,
@@ -13,10 +13,10 @@ async fn main() -> Result<(), functions::Error> {
     logging::init();
     let config = LauncherConfig::from_env()?;
     let sdk = sdk_config().await;
-    let store = DynamoEventStore::new(
+    let store = DynamoEventStore::events_only(
         aws_sdk_dynamodb::Client::new(&sdk),
         s3_client(&sdk),
-        EventsTables::events_only(config.events_table),
+        config.events_table,
     );
     let queue = SqsJobQueue::new(aws_sdk_sqs::Client::new(&sdk), config.jobs_queue_url);
     let launcher = EcsTaskLauncher::new(aws_sdk_ecs::Client::new(&sdk), config.ecs)

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use jobledger_events::dynamo::{DynamoEventStore, EventsTables};
+use jobledger_events::dynamo::DynamoEventStore;
 use jobledger_handlers::aws::config::NotifierLambdaConfig;
 use jobledger_handlers::aws::{functions, logging, s3_client, sdk_config};
 use jobledger_handlers::notify::secrets::lambda_notifier_config;
@@ -22,11 +22,7 @@ async fn main() -> Result<(), functions::Error> {
     let notifier = Notifier::from_config(&notify, Arc::new(SystemClock))?;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let s3 = s3_client(&sdk);
-    let store = DynamoEventStore::new(
-        dynamo.clone(),
-        s3.clone(),
-        EventsTables::events_only(config.events_table),
-    );
+    let store = DynamoEventStore::events_only(dynamo.clone(), s3.clone(), config.events_table);
     let states = DynamoNotifyStore::new(dynamo, config.notifier_state_table);
     let objects = S3ObjectStore::new(s3, config.results_bucket);
     functions::notifier(store.clone(), store, states, objects, notifier).await

@@ -2,7 +2,7 @@
 // The handler future nests the SDK, ledger and core futures deeper than the default limit.
 #![recursion_limit = "256"]
 
-use jobledger_events::dynamo::{DynamoEventStore, EventsTables};
+use jobledger_events::dynamo::DynamoEventStore;
 use jobledger_handlers::aws::config::SweeperConfig;
 use jobledger_handlers::aws::{functions, logging, s3_client, sdk_config};
 use jobledger_handlers::sweep::SweepPolicy;
@@ -17,11 +17,7 @@ async fn main() -> Result<(), functions::Error> {
     };
     let sdk = sdk_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let store = DynamoEventStore::new(
-        dynamo.clone(),
-        s3_client(&sdk),
-        EventsTables::events_only(config.events_table),
-    );
+    let store = DynamoEventStore::events_only(dynamo.clone(), s3_client(&sdk), config.events_table);
     let views = DynamoJobViews::new(dynamo, config.jobs_table);
     functions::sweeper(store, views, policy).await
 }

@@ -29,10 +29,29 @@ pub type WorkFn = Arc<dyn Fn(JobId, u32) -> Pin<Box<dyn Future<Output = ()> + Se
 /// launch would cost a pass over every launch of the last day each time.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// What a launch started: enough to name its task again without keeping the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Task {
+    /// A task on this runtime.
+    InProcess,
+    /// A child process, by its pid (`None` if it had exited before its pid was read).
+    Process(Option<u32>),
+}
+
+impl Task {
+    fn arn(self, job_id: JobId, attempt: u32) -> String {
+        match self {
+            Task::InProcess => format!("local:in-process:{job_id}-{attempt}"),
+            Task::Process(Some(pid)) => format!("local:{pid}"),
+            Task::Process(None) => format!("local:exited-{job_id}-{attempt}"),
+        }
+    }
+}
+
 /// The launch registry: which attempts were launched, as which task and when, and when it was
-/// last pruned.
+/// last pruned. Entries are a few dozen bytes: a day of launches stays small.
 struct Registry {
-    tasks: HashMap<(JobId, u32), (String, Instant)>,
+    tasks: HashMap<(JobId, u32), (Task, Instant)>,
     pruned_at: Instant,
 }
 
@@ -49,7 +68,7 @@ impl Default for Launches {
 }
 
 impl Launches {
-    fn get(&self, key: (JobId, u32)) -> Result<Option<String>, LaunchError> {
+    fn get(&self, key: (JobId, u32)) -> Result<Option<Task>, LaunchError> {
         let map = self
             .0
             .lock()
@@ -58,10 +77,10 @@ impl Launches {
             .tasks
             .get(&key)
             .filter(|(_, at)| at.elapsed() < LAUNCH_MEMORY)
-            .map(|(task, _)| task.clone()))
+            .map(|(task, _)| *task))
     }
 
-    fn insert(&self, key: (JobId, u32), task: String) -> Result<(), LaunchError> {
+    fn insert(&self, key: (JobId, u32), task: Task) -> Result<(), LaunchError> {
         let mut map = self
             .0
             .lock()
@@ -141,24 +160,18 @@ impl TaskLauncher for InProcessLauncher {
     async fn launch(&self, job_id: JobId, attempt: u32) -> Result<LaunchResult, LaunchError> {
         let _one_at_a_time = self.gate.launching.lock().await;
         let key = (job_id, attempt);
-        let task_arn = match self.gate.launches.get(key)? {
-            Some(task_arn) => task_arn,
-            None => {
-                let slot = self.gate.slot().await?;
-                let task_arn = format!("local:in-process:{job_id}-{attempt}");
-                self.gate.launches.insert(key, task_arn.clone())?;
-                let work = (self.work)(job_id, attempt);
-                let task = task_arn.clone();
-                tokio::spawn(async move {
-                    work.await;
-                    drop(slot);
-                    tracing::debug!(%job_id, attempt, task, "in-process worker returned");
-                });
-                task_arn
-            }
-        };
+        if self.gate.launches.get(key)?.is_none() {
+            let slot = self.gate.slot().await?;
+            self.gate.launches.insert(key, Task::InProcess)?;
+            let work = (self.work)(job_id, attempt);
+            tokio::spawn(async move {
+                work.await;
+                drop(slot);
+                tracing::debug!(%job_id, attempt, "in-process worker returned");
+            });
+        }
         Ok(LaunchResult {
-            task_arn,
+            task_arn: Task::InProcess.arn(job_id, attempt),
             capacity: Capacity::Local,
         })
     }
@@ -204,9 +217,9 @@ impl TaskLauncher for ChildProcessLauncher {
     async fn launch(&self, job_id: JobId, attempt: u32) -> Result<LaunchResult, LaunchError> {
         let _one_at_a_time = self.gate.launching.lock().await;
         let key = (job_id, attempt);
-        if let Some(task_arn) = self.gate.launches.get(key)? {
+        if let Some(task) = self.gate.launches.get(key)? {
             return Ok(LaunchResult {
-                task_arn,
+                task_arn: task.arn(job_id, attempt),
                 capacity: Capacity::Local,
             });
         }
@@ -229,11 +242,9 @@ impl TaskLauncher for ChildProcessLauncher {
                     _ => LaunchError::retryable(reason),
                 }
             })?;
-        let task_arn = match child.id() {
-            Some(pid) => format!("local:{pid}"),
-            None => format!("local:exited-{job_id}-{attempt}"),
-        };
-        self.gate.launches.insert(key, task_arn.clone())?;
+        let launched = Task::Process(child.id());
+        self.gate.launches.insert(key, launched)?;
+        let task_arn = launched.arn(job_id, attempt);
         let task = task_arn.clone();
         tokio::spawn(async move {
             // The exit is only logged: the ledger says whether the attempt succeeded.

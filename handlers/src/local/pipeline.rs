@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jobledger_events::{ChangeFeed, EventStore};
 
-use crate::dispatch::{StreamRecord, dispatch_batch};
+use crate::dispatch::{DispatchPolicy, StreamRecord, dispatch_batch_with};
 use crate::launch::{LaunchPolicy, MessageResult, launch_groups};
 use crate::ports::{JobQueue, QueueError, TaskLauncher, TimeSource};
 use crate::sweep::{CandidateSource, SweepPolicy, sweep};
@@ -36,6 +36,12 @@ pub struct DispatcherConfig {
     pub consumer: String,
     /// Feed events per batch.
     pub batch_size: usize,
+    /// How long to wait, once new events arrive at the end of the feed, for more to join them:
+    /// each round's messages share one durable queue transaction.
+    pub linger: Duration,
+    /// How the dispatch core learns job states (the local queue keeps deduplication ids after a
+    /// delete, so fresh submissions need not be loaded).
+    pub policy: DispatchPolicy,
 }
 
 impl Default for DispatcherConfig {
@@ -45,6 +51,10 @@ impl Default for DispatcherConfig {
             // Most feed events are not requests; a large page gives each round many jobs to share
             // one queue transaction and the ledger's group commits.
             batch_size: 1000,
+            linger: Duration::from_millis(2),
+            policy: DispatchPolicy {
+                trust_fresh_submissions: true,
+            },
         }
     }
 }
@@ -78,11 +88,13 @@ pub async fn run_dispatcher<S, Q, T>(
             let page = store.read_after(from, config.batch_size.max(1)).await?;
             if page.is_empty() {
                 store.wait_after(from).await;
+                tokio::time::sleep(config.linger).await;
                 return Ok(true);
             }
             let seqs: Vec<u64> = page.iter().map(|f| f.seq).collect();
             let records: Vec<StreamRecord> = page.into_iter().map(StreamRecord::from).collect();
-            let report = dispatch_batch(store, queue, &records, time.now()).await;
+            let report =
+                dispatch_batch_with(store, queue, &records, time.now(), config.policy).await;
             if let Some(&seq) = report.succeeded.checked_sub(1).and_then(|i| seqs.get(i)) {
                 store.save_checkpoint(&config.consumer, seq).await?;
                 position = Some(seq);

@@ -111,7 +111,10 @@ where
     if cache.0.len() >= CACHE_LIMIT {
         cache.0.clear();
     }
-    cache.0.insert(after.job_id, after.clone());
+    // A finished job rarely gets another event: only unfinished jobs' views stay in memory.
+    if !after.status.is_terminal() {
+        cache.0.insert(after.job_id, after.clone());
+    }
     if !sink.wants(&after) {
         return Ok(Outcome::OptedOut);
     }

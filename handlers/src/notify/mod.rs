@@ -43,5 +43,5 @@ pub use sink::{Delivery, NotifyOn, Sink};
 pub use slack::{SlackBotSink, SlackWebhookSink};
 pub use state::{
     DeadLetter, DeadLetterStore, FailureCounter, NewDeadLetter, NotifyStateStore, SinkState,
-    SqliteNotifyStore, StateError,
+    SqliteNotifyStore, StateBuffer, StateError,
 };

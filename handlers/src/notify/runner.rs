@@ -19,7 +19,7 @@ use super::http::{HttpSender, RateLimiter};
 use super::notion::{NOTION_REQUESTS_PER_SECOND, NotionSink};
 use super::sink::{Delivery, NotifyOn, Sink};
 use super::slack::{SlackBotSink, SlackWebhookSink};
-use super::state::{DeadLetterStore, NewDeadLetter, NotifyStateStore, SinkState};
+use super::state::{DeadLetterStore, NewDeadLetter, NotifyStateStore, SinkState, StateBuffer};
 
 /// Feed events read per batch by a sink loop.
 pub const FEED_BATCH: usize = 100;
@@ -319,7 +319,9 @@ pub async fn run_notifier<S, N, O>(
 /// Records are delivered in feed order. A failing record is retried with backoff
 /// ([`RetryPolicy::backoff`] on the notifier's clock) and holds back only this sink; after
 /// `max_tries` tries, or at once when retrying cannot help, it goes to the dead-letter list and the
-/// loop moves on. Returns an error only if the checkpoint cannot be read at start.
+/// loop moves on. Sink states go through a [`StateBuffer`]: written once per batch, before the
+/// checkpoint moves past their records. Returns an error only if the checkpoint cannot be read at
+/// start.
 pub async fn run_sink<S, N, O, K>(
     env: &NotifyEnv<'_, S, N, O>,
     sink: &K,
@@ -334,6 +336,15 @@ where
 {
     let consumer = consumer_name(sink.name());
     let mut checkpoint = env.store.checkpoint(&consumer).await?;
+    // States are written once per batch, before the checkpoint that moves past their records.
+    let states = StateBuffer::new(env.states, sink.name());
+    let env = &NotifyEnv {
+        store: env.store,
+        states: &states,
+        objects: env.objects,
+        clock: env.clock,
+        link_ttl: env.link_ttl,
+    };
     // (feed position, tries) of the record that failed last.
     let mut failing: (u64, u32) = (0, 0);
     let mut cache = ViewCache::default();
@@ -398,9 +409,19 @@ where
             }
         }
         // The position is also kept in memory: a failed save only means replaying a little after a
-        // restart, which the per-job state turns into no calls.
-        if let Err(e) = env.store.save_checkpoint(&consumer, checkpoint).await {
-            tracing::warn!(sink = sink.name(), error = %e, "notifier cannot save its checkpoint");
+        // restart, which the per-job state turns into no calls. States not flushed keep the saved
+        // position behind their records, so a crash re-sends them rather than losing them.
+        match states.flush().await {
+            Ok(_) => {
+                if let Err(e) = env.store.save_checkpoint(&consumer, checkpoint).await {
+                    tracing::warn!(sink = sink.name(), error = %e, "notifier cannot save its checkpoint");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sink = sink.name(), error = %e, pending = states.pending(), "notifier cannot save its sink states; will retry");
+                failing = (checkpoint, failing.1 + 1);
+                stalled = true;
+            }
         }
         if stalled && pause(env.clock, retry.backoff(failing.1), &mut shutdown).await {
             return Ok(());

@@ -1,5 +1,6 @@
 //! The `Sink` port: one notification target, driven one external call at a time so its state can
-//! be saved after every call (a crash then repeats at most the call in flight).
+//! be recorded after every call (what a crash repeats depends on how the state store writes it:
+//! the `jobledger dev` loop writes a created object's id at once and the rest once per batch).
 
 use std::future::Future;
 

@@ -1,9 +1,10 @@
 //! Per-sink, per-job delivery state and the dead-letter list: the ports (so a DynamoDB store can
 //! plug in on AWS) and `SqliteNotifyStore`, the embedded store of `jobledger dev`.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use jobledger_events::JobId;
@@ -115,6 +116,22 @@ pub trait NotifyStateStore: Send + Sync {
         job_id: JobId,
         state: &SinkState,
     ) -> impl Future<Output = Result<bool, StateError>> + Send;
+
+    /// [`NotifyStateStore::put`] for several jobs of one sink; answers how many were written.
+    /// Stores that can write them together (one transaction) override it.
+    fn put_many(
+        &self,
+        sink: &str,
+        states: &[(JobId, SinkState)],
+    ) -> impl Future<Output = Result<usize, StateError>> + Send {
+        async move {
+            let mut written = 0;
+            for (job_id, state) in states {
+                written += usize::from(self.put(sink, *job_id, state).await?);
+            }
+            Ok(written)
+        }
+    }
 }
 
 /// The dead-letter list of the notifier's sinks.
@@ -142,6 +159,146 @@ pub trait FailureCounter: Send + Sync {
         job_id: JobId,
         version: u64,
     ) -> impl Future<Output = Result<u32, StateError>> + Send;
+}
+
+/// States a [`StateBuffer`] remembers between flushes before it forgets the written ones.
+pub const BUFFER_LIMIT: usize = 10_000;
+
+/// One sink loop's write-behind view of its state store: reads are served from memory once seen,
+/// and writes wait in memory until [`StateBuffer::flush`] writes them together — one transaction
+/// (one fsync) per feed batch instead of one or two per event.
+///
+/// The loop flushes before it saves its change-feed checkpoint, so a crash loses only writes whose
+/// records are still ahead of the saved checkpoint: they are delivered again (a re-send), never
+/// skipped. A state naming a newly created external object is written at once, so a crash never
+/// creates a second Slack message or Notion page for a job. The loop is its sink's only writer; a
+/// redrive from elsewhere meanwhile can only make the buffer re-send too.
+pub struct StateBuffer<'a, N> {
+    store: &'a N,
+    sink: String,
+    inner: Mutex<Buffered>,
+}
+
+#[derive(Default)]
+struct Buffered {
+    /// The latest state of each job seen, as read or as written since.
+    known: HashMap<JobId, SinkState>,
+    /// Jobs whose `known` state is not in the store yet.
+    dirty: HashSet<JobId>,
+}
+
+impl<'a, N: NotifyStateStore> StateBuffer<'a, N> {
+    /// A buffer of `sink`'s states over `store`; other sinks' states pass straight through.
+    pub fn new(store: &'a N, sink: &str) -> Self {
+        StateBuffer {
+            store,
+            sink: sink.to_string(),
+            inner: Mutex::new(Buffered::default()),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Buffered>, StateError> {
+        self.inner.lock().map_err(|_| StateError::Backend {
+            retryable: false,
+            message: "notifier state buffer poisoned".into(),
+        })
+    }
+
+    /// States written but not flushed yet.
+    pub fn pending(&self) -> usize {
+        self.lock().map_or(0, |b| b.dirty.len())
+    }
+
+    /// Writes every pending state with one [`NotifyStateStore::put_many`]; answers how many the
+    /// store took. On an error they stay pending for the next flush.
+    pub async fn flush(&self) -> Result<usize, StateError> {
+        let pending: Vec<(JobId, SinkState)> = {
+            let b = self.lock()?;
+            b.dirty
+                .iter()
+                .filter_map(|job| b.known.get(job).map(|s| (*job, s.clone())))
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let written = self.store.put_many(&self.sink, &pending).await?;
+        let mut b = self.lock()?;
+        let Buffered { known, dirty } = &mut *b;
+        for (job, state) in &pending {
+            if known.get(job) == Some(state) {
+                dirty.remove(job);
+            }
+        }
+        if written < pending.len() {
+            // The store holds a newer state for some of them: read those again when next needed.
+            for (job, _) in &pending {
+                if !dirty.contains(job) {
+                    known.remove(job);
+                }
+            }
+        }
+        if known.len() > BUFFER_LIMIT {
+            known.retain(|job, _| dirty.contains(job));
+        }
+        Ok(written)
+    }
+}
+
+impl<N: NotifyStateStore> NotifyStateStore for StateBuffer<'_, N> {
+    async fn get(&self, sink: &str, job_id: JobId) -> Result<SinkState, StateError> {
+        if sink != self.sink {
+            return self.store.get(sink, job_id).await;
+        }
+        if let Some(state) = self.lock()?.known.get(&job_id) {
+            return Ok(state.clone());
+        }
+        let stored = self.store.get(sink, job_id).await?;
+        Ok(self.lock()?.known.entry(job_id).or_insert(stored).clone())
+    }
+
+    async fn put(&self, sink: &str, job_id: JobId, state: &SinkState) -> Result<bool, StateError> {
+        if sink != self.sink {
+            return self.store.put(sink, job_id, state).await;
+        }
+        let created = {
+            let mut b = self.lock()?;
+            let known = b.known.get(&job_id);
+            if known.is_some_and(|known| known.last_version > state.last_version) {
+                return Ok(false);
+            }
+            let created = state.external_id.is_some()
+                && known.is_none_or(|known| known.external_id != state.external_id);
+            b.known.insert(job_id, state.clone());
+            b.dirty.insert(job_id);
+            created
+        };
+        if created {
+            // The sink just created something (a Slack message, a Notion page): its id is written
+            // at once, so a crash repeats updates of it, never its creation.
+            let written = self.store.put(sink, job_id, state).await?;
+            let mut b = self.lock()?;
+            if b.known.get(&job_id) == Some(state) {
+                b.dirty.remove(&job_id);
+            }
+            return Ok(written);
+        }
+        Ok(true)
+    }
+}
+
+impl<N: DeadLetterStore> DeadLetterStore for StateBuffer<'_, N> {
+    async fn add(&self, letter: NewDeadLetter) -> Result<(), StateError> {
+        self.store.add(letter).await
+    }
+
+    async fn list(&self, sink: Option<&str>) -> Result<Vec<DeadLetter>, StateError> {
+        self.store.list(sink).await
+    }
+
+    async fn remove(&self, id: i64) -> Result<bool, StateError> {
+        self.store.remove(id).await
+    }
 }
 
 const SCHEMA: &str = "
@@ -238,6 +395,39 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The conditional upsert of one sink state: a stored higher `last_version` wins.
+const PUT_STATE: &str = "INSERT INTO notify_state
+        (sink, job_id, last_version, external_id, channel, message_version, reply_version)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (sink, job_id) DO UPDATE SET
+        last_version = excluded.last_version, external_id = excluded.external_id,
+        channel = excluded.channel, message_version = excluded.message_version,
+        reply_version = excluded.reply_version
+     WHERE excluded.last_version >= notify_state.last_version";
+
+fn put_state(
+    conn: &Connection,
+    sink: &str,
+    job_id: JobId,
+    s: &SinkState,
+) -> Result<bool, StateError> {
+    let n = conn
+        .prepare_cached(PUT_STATE)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                sink,
+                job_id.to_string(),
+                to_i64(s.last_version),
+                s.external_id,
+                s.channel,
+                to_i64(s.message_version),
+                to_i64(s.reply_version)
+            ])
+        })
+        .map_err(backend)?;
+    Ok(n == 1)
+}
+
 impl NotifyStateStore for SqliteNotifyStore {
     async fn get(&self, sink: &str, job_id: JobId) -> Result<SinkState, StateError> {
         let sink = sink.to_string();
@@ -266,29 +456,28 @@ impl NotifyStateStore for SqliteNotifyStore {
 
     async fn put(&self, sink: &str, job_id: JobId, state: &SinkState) -> Result<bool, StateError> {
         let (sink, s) = (sink.to_string(), state.clone());
+        self.with(move |conn| put_state(conn, &sink, job_id, &s))
+            .await
+    }
+
+    /// One transaction, so one fsync, for all of them.
+    async fn put_many(
+        &self,
+        sink: &str,
+        states: &[(JobId, SinkState)],
+    ) -> Result<usize, StateError> {
+        if states.is_empty() {
+            return Ok(0);
+        }
+        let (sink, states) = (sink.to_string(), states.to_vec());
         self.with(move |conn| {
-            let n = conn
-                .execute(
-                    "INSERT INTO notify_state
-                        (sink, job_id, last_version, external_id, channel, message_version, reply_version)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (sink, job_id) DO UPDATE SET
-                        last_version = excluded.last_version, external_id = excluded.external_id,
-                        channel = excluded.channel, message_version = excluded.message_version,
-                        reply_version = excluded.reply_version
-                     WHERE excluded.last_version >= notify_state.last_version",
-                    params![
-                        sink,
-                        job_id.to_string(),
-                        to_i64(s.last_version),
-                        s.external_id,
-                        s.channel,
-                        to_i64(s.message_version),
-                        to_i64(s.reply_version)
-                    ],
-                )
-                .map_err(backend)?;
-            Ok(n == 1)
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let mut written = 0;
+            for (job_id, state) in &states {
+                written += usize::from(put_state(&tx, &sink, *job_id, state)?);
+            }
+            tx.commit().map_err(backend)?;
+            Ok(written)
         })
         .await
     }

@@ -1,16 +1,11 @@
 //! Shared by the backend tests: a ledger and object store in a temp folder, a job walked to
-//! LAUNCHING, and a scripted local HTTP server that records every request it gets.
+//! LAUNCHING, and (from `jobledger-testsupport`) a scripted local HTTP server that records every
+//! request it gets.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::Cursor;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::Utc;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
@@ -24,6 +19,8 @@ use jobledger_workers::{
     run_attempt_with,
 };
 use tokio::sync::watch;
+
+pub use jobledger_testsupport::http::{FakeServer, Reply};
 
 /// A ledger and an object store in a temp folder.
 pub struct World {
@@ -194,99 +191,4 @@ pub fn assert_usage_adds_up(usage: &Usage, lines: &[ResultLine], cfg: &WorkerCon
     assert_eq!(usage.vcpu, cfg.vcpu);
     assert_eq!(usage.memory_mb, cfg.memory_mb);
     assert_eq!(usage.capacity, cfg.capacity);
-}
-
-/// One request the fake server received.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    pub method: Method,
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: serde_json::Value,
-}
-
-/// What the fake server answers.
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-    pub delay: Duration,
-}
-
-impl Reply {
-    pub fn json(status: u16, body: serde_json::Value) -> Reply {
-        Reply {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: vec![("content-type", "application/json".into())],
-            body: body.to_string(),
-            delay: Duration::ZERO,
-        }
-    }
-
-    pub fn header(mut self, name: &'static str, value: &str) -> Reply {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    pub fn after(mut self, delay: Duration) -> Reply {
-        self.delay = delay;
-        self
-    }
-}
-
-type Script = dyn Fn(usize, &Seen) -> Reply + Send + Sync;
-
-/// A local HTTP server on 127.0.0.1:0 answering every request with `script(n, request)`.
-pub struct FakeServer {
-    pub addr: SocketAddr,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl FakeServer {
-    pub async fn start(
-        script: impl Fn(usize, &Seen) -> Reply + Send + Sync + 'static,
-    ) -> FakeServer {
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let script: Arc<Script> = Arc::new(script);
-        let app = {
-            let seen = seen.clone();
-            axum::Router::new().fallback(
-                move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                    let (seen, script) = (seen.clone(), script.clone());
-                    async move {
-                        let req = Seen {
-                            method,
-                            path: uri.path().to_string(),
-                            headers,
-                            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-                        };
-                        let n = {
-                            let mut all = seen.lock().unwrap();
-                            all.push(req.clone());
-                            all.len() - 1
-                        };
-                        let reply = script(n, &req);
-                        tokio::time::sleep(reply.delay).await;
-                        let mut response: Response = (reply.status, reply.body).into_response();
-                        for (name, value) in reply.headers {
-                            response.headers_mut().insert(name, value.parse().unwrap());
-                        }
-                        response
-                    }
-                },
-            )
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        FakeServer { addr, seen }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
 }
