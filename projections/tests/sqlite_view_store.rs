@@ -269,3 +269,34 @@ async fn saved_stats_are_loaded_back_and_replaced_by_newer_ones() {
     store.save_stats(&fewer).await.unwrap();
     assert_eq!(store.load_stats().await.unwrap(), Some(fewer));
 }
+
+/// The writer never checkpoints (that would stall its commits): the store's own thread copies the
+/// WAL back into the database while the store is open, and every view still reads back.
+#[tokio::test]
+async fn commits_are_checkpointed_into_the_database_while_the_store_is_open() {
+    let (dir, store) = open();
+    let db = dir.path().join("views.sqlite");
+    let views: Vec<JobView> = (0..2_000)
+        .map(|i| view(Status::Running, JobKind::ImageAlt, i, 3))
+        .collect();
+    for chunk in views.chunks(500) {
+        assert_eq!(store.upsert_many(chunk).await.unwrap(), chunk.len());
+    }
+    // ~2.5 MB of views: below SQLite's own automatic threshold (1,000 pages), so only the
+    // checkpointer can have moved them into the main file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let size = std::fs::metadata(&db).unwrap().len();
+        if size > 1_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "main database file is still {size} bytes: nothing was checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for v in views.iter().step_by(97) {
+        assert_eq!(store.get(v.job_id).await.unwrap().as_ref(), Some(v));
+    }
+}
