@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::figures::{emit, peak_rss_mb, percentile_ms};
+use crate::figures::{anon_rss_mb, emit, peak_rss_mb, percentile_ms};
 
 const KEY: &str = "bench-secret-key-0123456789";
 
@@ -165,6 +165,21 @@ pub async fn measure(run: &DevRun) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (server, endpoint) = start_server(&run.bin, dir.path())?;
     let db = rusqlite::Connection::open(dir.path().join("views.sqlite3"))?;
+    // `/proc` keeps no peak of the anonymous part: sample it while the run lasts.
+    let pid = server.0.id().to_string();
+    let (stop_sampling, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0.0f64;
+        loop {
+            if let Some(mb) = anon_rss_mb(&pid) {
+                peak = peak.max(mb);
+            }
+            tokio::select! {
+                _ = &mut stopped => return peak,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    });
     let start = Instant::now();
     let deadline = start + run.cap;
     let submits = submit_all(&endpoint, run.jobs, run.clients, deadline).await?;
@@ -191,6 +206,9 @@ pub async fn measure(run: &DevRun) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed();
     let rss = peak_rss_mb(&server.0.id().to_string());
+    // The sampler returns its peak when told to stop (a send to it cannot fail while it runs).
+    let _ = stop_sampling.send(());
+    let anon = sampler.await?;
     drop(server);
     latencies.sort();
     let k = format!("dev.{}", run.jobs);
@@ -208,6 +226,7 @@ pub async fn measure(run: &DevRun) -> anyhow::Result<()> {
     emit(format!("{k}.p50_ms"), percentile_ms(&latencies, 0.5));
     emit(format!("{k}.p99_ms"), percentile_ms(&latencies, 0.99));
     emit(format!("{k}.rss_mb"), rss.unwrap_or(f64::NAN));
+    emit(format!("{k}.anon_mb"), anon);
     eprintln!(
         "  jobledger dev {} jobs: {done} SUCCEEDED in {:.1} s ({submitted} submitted)",
         run.jobs,

@@ -91,12 +91,27 @@ pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
 }
 
-/// Peak resident set size of a process in MB (`VmHWM`), if `/proc` has it.
+/// Peak resident set size of a process in MB (`VmHWM`), if `/proc` has it. It counts mapped file
+/// pages too (jobledger's ledger connections map up to 256 MiB of the file).
 pub fn peak_rss_mb(pid: &str) -> Option<f64> {
+    status_mb(pid, "VmHWM:")
+}
+
+/// Anonymous resident memory of a process in MB now (`RssAnon`: heap and stacks, no file pages).
+pub fn anon_rss_mb(pid: &str) -> Option<f64> {
+    status_mb(pid, "RssAnon:")
+}
+
+/// A `kB` line of `/proc/<pid>/status`, in MB.
+fn status_mb(pid: &str, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_mb(&status, field)
+}
+
+fn parse_status_mb(status: &str, field: &str) -> Option<f64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
 }
@@ -104,6 +119,15 @@ pub fn peak_rss_mb(pid: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_fields_are_read_in_mb_and_a_missing_one_is_none() {
+        let status = "Name:\tjobledger\nVmHWM:\t  262144 kB\nRssAnon:\t   51200 kB\n";
+        assert_eq!(parse_status_mb(status, "VmHWM:"), Some(256.0));
+        assert_eq!(parse_status_mb(status, "RssAnon:"), Some(50.0));
+        assert_eq!(parse_status_mb(status, "RssFile:"), None);
+        assert!(anon_rss_mb(&std::process::id().to_string()).is_some_and(|mb| mb > 0.0));
+    }
 
     #[test]
     fn a_figure_line_round_trips_and_log_lines_are_not_figures() {

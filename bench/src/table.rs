@@ -92,6 +92,13 @@ pub fn rows(plan: &Plan) -> Vec<Row> {
             rss_target,
             false,
         ));
+        out.push(row(
+            format!("peak anonymous RSS MB (no mapped file pages), {n} jobs"),
+            format!("dev.{n}.anon_mb"),
+            None,
+            "",
+            false,
+        ));
     }
     let cqrs = |what: &str| {
         Some((
