@@ -69,6 +69,10 @@ struct Checkpointer {
 /// WAL frames (pages, 4 KiB each) past which the writer checkpoints itself: about 64 MiB of WAL.
 const WAL_FRAMES_LIMIT: i64 = 16_384;
 
+/// Least time between two checkpoints of the thread: a checkpoint per commit would add an fsync of
+/// the database file to every commit of a busy projector.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Checkpointer {
     /// Starts the thread with a connection of its own to `path`; it stops when the store is
     /// dropped.
@@ -89,6 +93,8 @@ impl Checkpointer {
                         Err(e) => tracing::warn!(error = %e,
                             "view store checkpoint failed; the next commit retries"),
                     }
+                    // Commits meanwhile share the next checkpoint (and its fsync of the file).
+                    std::thread::sleep(CHECKPOINT_PAUSE);
                 }
             })
             .map_err(|e| ViewError::backend(false, e))?;
@@ -97,13 +103,12 @@ impl Checkpointer {
 
     /// Asks for a checkpoint after a commit. Should the thread be gone, the writer checkpoints
     /// itself, so the WAL never grows without bound.
-    fn after_commit(&self, writer: &Connection) -> Result<(), ViewError> {
-        if self.wal_long.swap(false, Ordering::Relaxed) {
-            return checkpoint(writer).map(drop);
-        }
-        match self.wake.try_send(()) {
-            Ok(()) | Err(TrySendError::Full(())) => Ok(()),
-            Err(TrySendError::Disconnected(())) => checkpoint(writer).map(drop),
+    /// The commit is done either way: a failed checkpoint is logged, not the write's error.
+    fn after_commit(&self, writer: &Connection) {
+        let inline = self.wal_long.swap(false, Ordering::Relaxed)
+            || matches!(self.wake.try_send(()), Err(TrySendError::Disconnected(())));
+        if inline && let Err(e) = checkpoint(writer) {
+            tracing::warn!(error = %e, "view store checkpoint failed; the next commit retries");
         }
     }
 }
@@ -169,7 +174,7 @@ impl SqliteViewStore {
                 .lock()
                 .map_err(|_| ViewError::backend(false, "view store writer mutex poisoned"))?;
             let out = f(&mut conn)?;
-            inner.checkpoints.after_commit(&conn)?;
+            inner.checkpoints.after_commit(&conn);
             Ok(out)
         })
         .await
