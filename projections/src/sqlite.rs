@@ -59,15 +59,20 @@ struct Inner {
 /// rebuild that was a third of the writer's time, on the path every write waits on.
 ///
 /// A checkpoint that runs while the writer keeps committing cannot finish the WAL, and SQLite
-/// only starts the WAL over once one has; so when the WAL passes [`WAL_FRAMES_LIMIT`], the writer
+/// only starts the WAL over once one has; so when the WAL passes [`WAL_BYTES_LIMIT`], the writer
 /// checkpoints once itself, between its commits, and the WAL starts over at its next write.
 struct Checkpointer {
     wake: SyncSender<()>,
     wal_long: Arc<AtomicBool>,
 }
 
-/// WAL frames (pages, 4 KiB each) past which the writer checkpoints itself: about 64 MiB of WAL.
-const WAL_FRAMES_LIMIT: i64 = 16_384;
+/// WAL size past which the writer checkpoints itself.
+const WAL_BYTES_LIMIT: i64 = 64 << 20;
+
+/// Page size of a new view store. A view row is ~1.1 KB of JSON: a 4 KiB page holds three, so a
+/// rebuild splits a page every third insert; 16 KiB pages cut a rebuild's CPU by ~20%. An existing
+/// file keeps the page size it was made with.
+const PAGE_SIZE: u32 = 16_384;
 
 /// Least time between two checkpoints of the thread: a checkpoint per commit would add an fsync of
 /// the database file to every commit of a busy projector.
@@ -80,6 +85,10 @@ impl Checkpointer {
         let conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(backend)?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(backend)?;
+        let frames_limit = WAL_BYTES_LIMIT / page_size.max(512);
         // One pending wake-up is enough: a checkpoint copies every commit made before it starts.
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let wal_long = Arc::new(AtomicBool::new(false));
@@ -89,7 +98,7 @@ impl Checkpointer {
             .spawn(move || {
                 while woken.recv().is_ok() {
                     match checkpoint(&conn) {
-                        Ok(frames) => long.store(frames >= WAL_FRAMES_LIMIT, Ordering::Relaxed),
+                        Ok(frames) => long.store(frames >= frames_limit, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e,
                             "view store checkpoint failed; the next commit retries"),
                     }
@@ -141,9 +150,11 @@ impl SqliteViewStore {
             .map_err(backend)?;
         // FULL: a lost write of a finished job's view would never be repaired by a later event.
         // The checkpointer thread copies the WAL back, not the commits (see `Checkpointer`).
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;",
-        )
+        // The page size must be set before the first table makes the file: after, it is ignored.
+        conn.execute_batch(&format!(
+            "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+             PRAGMA wal_autocheckpoint=0;"
+        ))
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         let checkpoints = Checkpointer::start(&path)?;

@@ -46,11 +46,12 @@ pub struct Stats {
     pub interruptions: u64,
     /// Jobs in a terminal status (succeeded, failed, cancelled).
     pub finished: u64,
-    /// Median submit-to-finish wall time of finished jobs, in milliseconds (nearest rank).
+    /// Median submit-to-finish wall time of finished jobs, in milliseconds (nearest rank; exact
+    /// below 2,048 ms, otherwise at most 0.1% high).
     pub p50_duration_ms: Option<u64>,
-    /// 95th percentile submit-to-finish wall time of finished jobs, in milliseconds (nearest rank).
+    /// 95th percentile submit-to-finish wall time of finished jobs, in milliseconds (as the median).
     pub p95_duration_ms: Option<u64>,
-    /// Money spent on the counted jobs.
+    /// Money spent on the counted jobs, summed exactly to 2^-64 USD (the same in any order).
     pub total_cost_usd: f64,
     /// Events folded into the counted jobs (their `last_version`s summed).
     pub events: u64,
@@ -67,11 +68,14 @@ impl Stats {
     }
 }
 
-/// Accumulates `Stats` one view at a time (for streaming over a large view store).
+/// Accumulates `Stats` one view at a time, in memory that does not grow with the jobs counted
+/// (a rebuild streams millions of them). Parts counted apart and merged give the same figures as
+/// one builder that counted every view, in any order.
 #[derive(Clone, Debug)]
 pub struct StatsBuilder {
     stats: Stats,
-    durations_ms: Vec<u64>,
+    durations: DurationHistogram,
+    cost: CostSum,
 }
 
 impl StatsBuilder {
@@ -82,7 +86,8 @@ impl StatsBuilder {
                 period,
                 ..Stats::default()
             },
-            durations_ms: Vec::new(),
+            durations: DurationHistogram::default(),
+            cost: CostSum::default(),
         }
     }
 
@@ -97,21 +102,19 @@ impl StatsBuilder {
         count(&mut s.by_kind, view.kind.as_str());
         s.retries += u64::from(view.attempt.saturating_sub(1));
         s.interruptions += u64::from(view.total_interruptions);
-        s.total_cost_usd += view.cost_usd;
+        self.cost.add(view.cost_usd);
         s.events += view.last_version;
         if view.status.is_terminal() {
             s.finished += 1;
             if let Some(d) = view.duration() {
                 // A clock step backwards between two events would make this negative: count it as 0.
-                self.durations_ms
-                    .push(u64::try_from(d.num_milliseconds()).unwrap_or(0));
+                self.durations
+                    .add(u64::try_from(d.num_milliseconds()).unwrap_or(0));
             }
         }
     }
 
-    /// Adds the jobs another builder counted (a fold split in parts). Every figure is as if one
-    /// builder had counted them all, except `total_cost_usd`, a float sum whose last bits depend
-    /// on the order of adding.
+    /// Adds the jobs another builder counted (a fold split in parts).
     pub fn merge(&mut self, other: StatsBuilder) {
         let (s, o) = (&mut self.stats, other.stats);
         s.jobs += o.jobs;
@@ -124,16 +127,16 @@ impl StatsBuilder {
         s.retries += o.retries;
         s.interruptions += o.interruptions;
         s.finished += o.finished;
-        s.total_cost_usd += o.total_cost_usd;
         s.events += o.events;
-        self.durations_ms.extend(other.durations_ms);
+        self.cost.merge(other.cost);
+        self.durations.merge(other.durations);
     }
 
     /// The figures.
     pub fn finish(mut self) -> Stats {
-        self.durations_ms.sort_unstable();
-        self.stats.p50_duration_ms = percentile(&self.durations_ms, 50);
-        self.stats.p95_duration_ms = percentile(&self.durations_ms, 95);
+        self.stats.p50_duration_ms = self.durations.percentile(50);
+        self.stats.p95_duration_ms = self.durations.percentile(95);
+        self.stats.total_cost_usd = self.cost.total();
         self.stats
     }
 }
@@ -148,14 +151,82 @@ fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
-/// Nearest-rank percentile of sorted values: the smallest value with at least `p`% of values at or below it.
-pub fn percentile(sorted: &[u64], p: u32) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
+/// Significant bits a duration keeps in [`DurationHistogram`]: values below 2^11 ms are exact,
+/// larger ones lose at most 1/1,024 (0.1%) of their value.
+const DURATION_BITS: u32 = 11;
+
+/// Durations counted per bucket, for percentiles in bounded memory: at most ~55,000 buckets
+/// (`DURATION_BITS` significant bits of a `u64`), a few hundred for durations that cluster.
+#[derive(Clone, Debug, Default)]
+struct DurationHistogram {
+    /// Bucket (its largest possible value) → durations in it and the largest of them.
+    counts: BTreeMap<u64, (u64, u64)>,
+    total: u64,
+}
+
+impl DurationHistogram {
+    /// The bucket a duration falls in, named by the largest value it can hold.
+    fn bucket(ms: u64) -> u64 {
+        let dropped = (u64::BITS - ms.leading_zeros()).saturating_sub(DURATION_BITS);
+        ms | ((1u64 << dropped) - 1)
     }
-    let n = sorted.len();
-    let rank = (n * p.min(100) as usize).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied()
+
+    /// Counts one duration.
+    fn add(&mut self, ms: u64) {
+        self.add_n(Self::bucket(ms), 1, ms);
+    }
+
+    fn add_n(&mut self, bucket: u64, n: u64, largest: u64) {
+        let (count, max) = self.counts.entry(bucket).or_default();
+        *count += n;
+        *max = (*max).max(largest);
+        self.total += n;
+    }
+
+    /// Adds another histogram's counts.
+    fn merge(&mut self, other: DurationHistogram) {
+        for (bucket, (n, largest)) in other.counts {
+            self.add_n(bucket, n, largest);
+        }
+    }
+
+    /// Nearest-rank percentile: the smallest value with at least `p`% of values at or below it.
+    /// It is the largest duration seen in that value's bucket: exact below 2,048 ms or when the
+    /// bucket holds one distinct value, and otherwise at most 0.1% high.
+    fn percentile(&self, p: u32) -> Option<u64> {
+        let rank = (self.total * u64::from(p.min(100))).div_ceil(100).max(1);
+        let mut seen = 0;
+        self.counts.values().find_map(|&(n, largest)| {
+            seen += n;
+            (seen >= rank).then_some(largest)
+        })
+    }
+}
+
+/// Money summed in fixed point, 2^-64 USD a unit: integer sums do not depend on the order of
+/// adding, so parts folded on several cores give the very total one pass would.
+#[derive(Clone, Copy, Debug, Default)]
+struct CostSum(i128);
+
+/// 2^64: units per dollar.
+const COST_UNITS_PER_USD: f64 = 18_446_744_073_709_551_616.0;
+
+impl CostSum {
+    fn add(&mut self, usd: f64) {
+        // Scaling by a power of two is exact; `as` saturates a value beyond the range and maps
+        // NaN to 0, so a damaged cost cannot wrap the sum.
+        self.0 = self
+            .0
+            .saturating_add((usd * COST_UNITS_PER_USD).round() as i128);
+    }
+
+    fn merge(&mut self, other: CostSum) {
+        self.0 = self.0.saturating_add(other.0);
+    }
+
+    fn total(self) -> f64 {
+        self.0 as f64 / COST_UNITS_PER_USD
+    }
 }
 
 #[cfg(test)]
@@ -213,15 +284,86 @@ mod tests {
         }
     }
 
+    fn histogram(values: impl IntoIterator<Item = u64>) -> DurationHistogram {
+        let mut h = DurationHistogram::default();
+        values.into_iter().for_each(|v| h.add(v));
+        h
+    }
+
     #[test]
     fn percentiles_use_the_nearest_rank() {
-        let v: Vec<u64> = (1..=20).collect();
-        assert_eq!(percentile(&v, 50), Some(10));
-        assert_eq!(percentile(&v, 95), Some(19));
-        assert_eq!(percentile(&v, 100), Some(20));
-        assert_eq!(percentile(&[7], 95), Some(7));
-        assert_eq!(percentile(&[1, 2, 3], 50), Some(2));
-        assert_eq!(percentile(&[], 50), None);
+        let h = histogram(1..=20);
+        assert_eq!(h.percentile(50), Some(10));
+        assert_eq!(h.percentile(95), Some(19));
+        assert_eq!(h.percentile(100), Some(20));
+        assert_eq!(histogram([7]).percentile(95), Some(7));
+        assert_eq!(histogram([3, 1, 2]).percentile(50), Some(2));
+        assert_eq!(histogram([]).percentile(50), None);
+    }
+
+    #[test]
+    fn percentiles_are_exact_below_2048_ms_and_within_a_thousandth_above() {
+        let small: Vec<u64> = (0..2048).rev().collect();
+        let h = histogram(small.iter().copied());
+        assert_eq!(h.percentile(50), Some(1023));
+        assert_eq!(h.percentile(95), Some(1945));
+        // Spread over six orders of magnitude: compare with the exact nearest rank of sorted values.
+        let mut values: Vec<u64> = (1..50_000u64).map(|i| i * i * 7 % 10_000_019).collect();
+        let h = histogram(values.iter().copied());
+        values.sort_unstable();
+        for p in [1, 25, 50, 90, 95, 99, 100] {
+            let exact = values[(values.len() * p as usize).div_ceil(100) - 1];
+            let got = h.percentile(p).unwrap();
+            assert!(
+                got >= exact && got - exact <= exact / 1024,
+                "p{p}: {got} vs {exact}"
+            );
+        }
+        // A bucket holding one distinct value gives it exactly.
+        assert_eq!(histogram([20_000, 1_000_001]).percentile(50), Some(20_000));
+        assert_eq!(histogram([1_000_001]).percentile(100), Some(1_000_001));
+        assert_eq!(histogram([u64::MAX]).percentile(50), Some(u64::MAX));
+    }
+
+    #[test]
+    fn histogram_memory_is_bounded_by_buckets_not_values() {
+        // 300,000 distinct values between 1 s and 5 min: 1,024 buckets per power of two.
+        let h = histogram((0..2_000_000u64).map(|i| 1_000 + i % 300_000));
+        assert!(
+            h.counts.len() <= 1_048 + 8 * 1_024,
+            "{} buckets",
+            h.counts.len()
+        );
+        assert_eq!(h.total, 2_000_000);
+    }
+
+    #[test]
+    fn the_cost_total_does_not_depend_on_the_order_of_adding() {
+        let costs: Vec<f64> = (1..10_000)
+            .map(|i| 0.0017 * f64::from(i % 97) + 1e-9)
+            .collect();
+        let mut forward = CostSum::default();
+        costs.iter().for_each(|c| forward.add(*c));
+        let mut backward = CostSum::default();
+        costs.iter().rev().for_each(|c| backward.add(*c));
+        let (mut odd, mut even) = (CostSum::default(), CostSum::default());
+        for (i, c) in costs.iter().enumerate() {
+            if i % 2 == 0 {
+                even.add(*c)
+            } else {
+                odd.add(*c)
+            }
+        }
+        odd.merge(even);
+        assert_eq!(forward.total().to_bits(), backward.total().to_bits());
+        assert_eq!(forward.total().to_bits(), odd.total().to_bits());
+        let naive: f64 = costs.iter().sum();
+        assert!((forward.total() - naive).abs() < 1e-9);
+        // A damaged cost neither wraps nor poisons the sum.
+        let mut damaged = CostSum::default();
+        damaged.add(0.5);
+        damaged.add(f64::NAN);
+        assert_eq!(damaged.total(), 0.5);
     }
 
     #[test]

@@ -300,3 +300,37 @@ async fn commits_are_checkpointed_into_the_database_while_the_store_is_open() {
         assert_eq!(store.get(v.job_id).await.unwrap().as_ref(), Some(v));
     }
 }
+
+fn page_size(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_store_uses_16_kib_pages_and_an_older_4_kib_store_keeps_working() {
+    let (dir, store) = open();
+    let v = view(Status::Running, JobKind::ImageAlt, 1, 3);
+    assert!(store.upsert(&v).await.unwrap());
+    assert_eq!(page_size(&dir.path().join("views.sqlite")), 16_384);
+
+    // A store made before the page size changed: opened as it is, never rewritten.
+    let older = dir.path().join("older.sqlite");
+    rusqlite::Connection::open(&older)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t (a);")
+        .unwrap();
+    let store = SqliteViewStore::open(&older).unwrap();
+    let views: Vec<JobView> = (0..50)
+        .map(|i| view(Status::Succeeded, JobKind::MetaDescription, i, 6))
+        .collect();
+    assert_eq!(store.upsert_many(&views).await.unwrap(), 50);
+    drop(store);
+    let store = SqliteViewStore::open(&older).unwrap();
+    assert_eq!(
+        store.get(views[7].job_id).await.unwrap().as_ref(),
+        Some(&views[7])
+    );
+    assert_eq!(page_size(&older), 4096);
+}
