@@ -861,3 +861,77 @@ pub fn sample_usage() -> Usage {
         cost_usd: 0.0042,
     }
 }
+
+/// Ways a stored event row can be damaged, as a bad disk or a careless tool would: what, and the
+/// SQL that does it to one row of the SQLite store (`?1` the job id's 16 bytes, `?2` the
+/// version). A reader must report each as corrupt at that version, never skip the row. (A payload
+/// of the wrong shape is caught only where it is decoded: `load` hands payloads out as stored.)
+pub const DAMAGED_ROWS: [(&str, &str); 13] = [
+    (
+        "payload is not JSON",
+        "UPDATE events SET data = 'nope' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "payload is cut off",
+        "UPDATE events SET data = '{\"attempt\":' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "payload is a blob",
+        "UPDATE events SET data = x'7b7d' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "type is a blob",
+        "UPDATE events SET type = x'ff' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "type is not UTF-8",
+        "UPDATE events SET type = CAST(x'ff' AS TEXT) WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "envelope is text",
+        "UPDATE events SET envelope = 'e' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "envelope truncated",
+        "UPDATE events SET envelope = substr(envelope, 1, 40) WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "envelope truncated in a string",
+        "UPDATE events SET envelope = substr(envelope, 1, length(envelope) - 1) WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "envelope of an unknown format",
+        "UPDATE events SET envelope = x'02' || substr(envelope, 2) WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "envelope with bytes too many",
+        "UPDATE events SET envelope = envelope || x'00' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "time out of range",
+        "UPDATE events SET envelope = substr(envelope, 1, 81) || x'ffffffffffffff7f' || substr(envelope, 90) WHERE job_id = ?1 AND version = ?2",
+    ),
+    // A damaged key moves the row out of the job's range: the hole must be reported.
+    (
+        "job id damaged",
+        "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2",
+    ),
+    (
+        "version not a number",
+        "UPDATE events SET version = 'two' WHERE job_id = ?1 AND version = ?2",
+    ),
+];
+
+/// Runs `sql` (one of [`DAMAGED_ROWS`], or any statement with the same parameters) on the SQLite
+/// store's file from a connection of its own; panics unless it changed exactly one row.
+pub fn tamper(db: &std::path::Path, sql: &str, job_id: JobId, version: u64) {
+    let conn = rusqlite::Connection::open(db)
+        .unwrap_or_else(|e| panic!("opening {} for tampering: {e}", db.display()));
+    let changed = conn
+        .execute(
+            sql,
+            rusqlite::params![&job_id.as_uuid().as_bytes()[..], version as i64],
+        )
+        .unwrap_or_else(|e| panic!("tampering with {sql}: {e}"));
+    assert_eq!(changed, 1, "tampering must hit exactly one row: {sql}");
+}

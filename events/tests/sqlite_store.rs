@@ -13,7 +13,7 @@ use jobledger_events::testing::{
     self, StoreHarness, build_history, noop_spec, running_job, test_context, test_time,
 };
 use jobledger_events::{JobEvent, SqliteEventStore};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use tempfile::TempDir;
 
 /// Fresh stores in one temporary directory; corruption by writing SQL into the file.
@@ -38,14 +38,7 @@ impl Sqlite {
 
 /// Runs SQL on the store's file from a separate connection, as a damaged disk or a bad tool would.
 fn tamper(store: &SqliteEventStore, sql: &str, job_id: JobId, version: u64) {
-    let conn = Connection::open(store.path()).expect("open for tampering");
-    let changed = conn
-        .execute(
-            sql,
-            params![&job_id.as_uuid().as_bytes()[..], version as i64],
-        )
-        .expect("tamper");
-    assert_eq!(changed, 1, "tampering must hit exactly one row");
+    testing::tamper(store.path(), sql, job_id, version);
 }
 
 impl StoreHarness<SqliteEventStore> for Sqlite {
@@ -225,59 +218,8 @@ async fn a_reopened_store_has_the_same_history_feed_and_checkpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_damaged_row_is_reported_as_corrupt_not_skipped() {
-    let damage = [
-        (
-            "payload is not JSON",
-            "UPDATE events SET data = 'nope' WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "payload is a blob",
-            "UPDATE events SET data = x'7b7d' WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "type is a blob",
-            "UPDATE events SET type = x'ff' WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "type is not UTF-8",
-            "UPDATE events SET type = CAST(x'ff' AS TEXT) WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "envelope is text",
-            "UPDATE events SET envelope = 'e' WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "envelope truncated",
-            "UPDATE events SET envelope = substr(envelope, 1, 40) WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "envelope truncated in a string",
-            "UPDATE events SET envelope = substr(envelope, 1, length(envelope) - 1) WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "envelope of an unknown format",
-            "UPDATE events SET envelope = x'02' || substr(envelope, 2) WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "envelope with bytes too many",
-            "UPDATE events SET envelope = envelope || x'00' WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "time out of range",
-            "UPDATE events SET envelope = substr(envelope, 1, 81) || x'ffffffffffffff7f' || substr(envelope, 90) WHERE job_id = ?1 AND version = ?2",
-        ),
-        // A damaged key moves the row out of the job's range: the hole must be reported.
-        (
-            "job id damaged",
-            "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2",
-        ),
-        (
-            "version not a number",
-            "UPDATE events SET version = 'two' WHERE job_id = ?1 AND version = ?2",
-        ),
-    ];
     let harness = Sqlite::new();
-    for (what, sql) in damage {
+    for (what, sql) in testing::DAMAGED_ROWS {
         let store = harness.fresh().await;
         let (job_id, _) = running_job(&store).await;
         tamper(&store, sql, job_id, 2);

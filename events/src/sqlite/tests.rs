@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::SqliteEventStore;
 use crate::ids::JobId;
 use crate::store::{AppendBatch, EventStore, StoreError};
-use crate::testing::{append_history, build_history, running_job};
+use crate::testing::{self, DAMAGED_ROWS, append_history, build_history, running_job};
 
 fn fresh() -> (tempfile::TempDir, SqliteEventStore) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -16,56 +16,24 @@ fn fresh() -> (tempfile::TempDir, SqliteEventStore) {
     (dir, store)
 }
 
-/// Runs SQL on the store's file from another connection, as a damaged disk or a bad tool would.
 fn tamper(store: &SqliteEventStore, sql: &str, job_id: JobId, version: u64) {
-    let conn = Connection::open(store.path()).expect("open for tampering");
-    let changed = conn
-        .execute(
-            sql,
-            params![&job_id.as_uuid().as_bytes()[..], version as i64],
-        )
-        .expect("tamper");
-    assert_eq!(changed, 1, "tampering must hit exactly one row");
+    testing::tamper(store.path(), sql, job_id, version);
 }
 
-const DAMAGE: [(&str, &str); 9] = [
-    (
-        "payload is not JSON",
-        "UPDATE events SET data = '{\"attempt\":' WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "payload is JSON of the wrong shape",
-        "UPDATE events SET data = '{\"attempt\":\"one\"}' WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "payload is a blob",
-        "UPDATE events SET data = x'7b7d' WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "type is not UTF-8",
-        "UPDATE events SET type = CAST(x'ff' AS TEXT) WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "envelope truncated",
-        "UPDATE events SET envelope = substr(envelope, 1, 40) WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "envelope with bytes too many",
-        "UPDATE events SET envelope = envelope || x'00' WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "time out of range",
-        "UPDATE events SET envelope = substr(envelope, 1, 81) || x'ffffffffffffff7f' || substr(envelope, 90) WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "job id damaged",
-        "UPDATE events SET job_id = x'00' WHERE job_id = ?1 AND version = ?2",
-    ),
-    (
-        "version not a number",
-        "UPDATE events SET version = 'two' WHERE job_id = ?1 AND version = ?2",
-    ),
-];
+/// Well-formed JSON that is not the event's payload: `load_job` decodes it, so it must say so.
+const WRONG_SHAPE: (&str, &str) = (
+    "payload is JSON of the wrong shape",
+    "UPDATE events SET data = '{\"attempt\":\"one\"}' WHERE job_id = ?1 AND version = ?2",
+);
+
+/// The damage of `what` in [`DAMAGED_ROWS`].
+fn damage(what: &str) -> &'static str {
+    DAMAGED_ROWS
+        .iter()
+        .find(|(w, _)| *w == what)
+        .map(|(_, sql)| *sql)
+        .unwrap_or_else(|| panic!("no damage named {what}"))
+}
 
 fn expect_corrupt_at<T: std::fmt::Debug>(
     what: &str,
@@ -89,7 +57,7 @@ fn expect_corrupt_at<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_job_reports_every_kind_of_damaged_row_with_its_version() {
-    for (what, sql) in DAMAGE {
+    for (what, sql) in DAMAGED_ROWS.into_iter().chain([WRONG_SHAPE]) {
         let (_dir, store) = fresh();
         let (job_id, _) = running_job(&store).await;
         tamper(&store, sql, job_id, 2);
@@ -102,11 +70,11 @@ async fn load_job_reports_damage_in_each_range_of_a_long_history() {
     // 3,000 events are read as two ranges at once: damage in either, and a hole at the boundary
     // or at the very end, must be named like in a short history.
     for (version, sql) in [
-        (17, DAMAGE[0].1),
-        (2_999, DAMAGE[4].1),
-        (1_501, DAMAGE[7].1),
-        (1_500, DAMAGE[8].1),
-        (3_000, DAMAGE[1].1),
+        (17, damage("payload is cut off")),
+        (2_999, damage("envelope truncated")),
+        (1_501, damage("job id damaged")),
+        (1_500, damage("version not a number")),
+        (3_000, WRONG_SHAPE.1),
     ] {
         let (_dir, store) = fresh();
         let job_id = JobId::new();
