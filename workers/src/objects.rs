@@ -97,8 +97,9 @@ impl FsObjectStore {
     }
 }
 
-/// A path below the root that cannot leave it: relative, without empty, `.` or `..` segments.
-fn check_relative(path: &str) -> Result<(), &'static str> {
+/// A key (or a path below a root) that cannot leave it: relative, without empty, `.` or `..`
+/// segments. Every store checks its keys with this one rule.
+pub(crate) fn check_relative(path: &str) -> Result<(), &'static str> {
     let ok = !path.is_empty()
         && !path.starts_with('/')
         && path
@@ -107,7 +108,7 @@ fn check_relative(path: &str) -> Result<(), &'static str> {
     if ok {
         Ok(())
     } else {
-        Err("keys are relative paths without . or ..")
+        Err("keys are relative paths without empty, . or .. parts")
     }
 }
 

@@ -10,7 +10,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::types::ServerSideEncryption;
 
-use crate::objects::{ObjectError, ObjectStore};
+use crate::objects::{ObjectError, ObjectStore, check_relative};
 
 /// The longest lifetime S3 accepts for a presigned URL (SigV4: one week).
 pub const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -42,19 +42,7 @@ pub fn parse_s3_uri(uri: &str) -> Result<(&str, &str), ObjectError> {
 }
 
 fn check_key(key: &str) -> Result<(), ObjectError> {
-    let ok = !key.is_empty()
-        && !key.starts_with('/')
-        && key
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..");
-    if ok {
-        Ok(())
-    } else {
-        Err(ObjectError::InvalidRef(
-            key.to_string(),
-            "keys are relative paths without empty, . or .. parts".into(),
-        ))
-    }
+    check_relative(key).map_err(|why| ObjectError::InvalidRef(key.to_string(), why.into()))
 }
 
 fn backend<E: ProvideErrorMetadata + std::error::Error + 'static>(
