@@ -935,3 +935,25 @@ pub fn tamper(db: &std::path::Path, sql: &str, job_id: JobId, version: u64) {
         .unwrap_or_else(|e| panic!("tampering with {sql}: {e}"));
     assert_eq!(changed, 1, "tampering must hit exactly one row: {sql}");
 }
+
+/// Asserts that `result` is [`StoreError::Corrupt`] naming `job_id` and `version`; `what` names
+/// the damage in the failure message.
+pub fn expect_corrupt_at<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, StoreError>,
+    job_id: JobId,
+    version: u64,
+) {
+    match result {
+        Err(StoreError::Corrupt {
+            job_id: j,
+            version: v,
+            reason,
+        }) => assert_eq!(
+            (j, v),
+            (job_id.to_string(), Some(version)),
+            "{what}: {reason}"
+        ),
+        other => panic!("{what}: gave {other:?}, not Corrupt at version {version}"),
+    }
+}

@@ -140,26 +140,6 @@ conformance!(
     an_older_payload_schema_is_upcast_on_read,
 );
 
-fn expect_corrupt(
-    result: Result<Vec<RecordedEvent>, StoreError>,
-    job_id: JobId,
-    version: u64,
-    what: &str,
-) {
-    match result {
-        Err(StoreError::Corrupt {
-            job_id: j,
-            version: v,
-            reason,
-        }) => assert_eq!(
-            (j, v),
-            (job_id.to_string(), Some(version)),
-            "{what}: {reason}"
-        ),
-        other => panic!("{what}: load gave {other:?}, not Corrupt"),
-    }
-}
-
 /// The conformance case `a_long_history_loads_whole_and_in_order`, with the history seeded (see
 /// `moto::seed_events`: moto's transactions cannot hold it), plus proof that the backend really
 /// paged.
@@ -374,7 +354,7 @@ async fn a_payload_too_large_for_an_item_is_kept_in_s3_and_loads_back_exactly() 
         .send()
         .await
         .expect("swap");
-    expect_corrupt(store.load(job_id).await, job_id, 1, "swapped payload");
+    testing::expect_corrupt_at("swapped payload", store.load(job_id).await, job_id, 1);
     moto.s3
         .delete_object()
         .bucket(&bucket)
@@ -382,7 +362,7 @@ async fn a_payload_too_large_for_an_item_is_kept_in_s3_and_loads_back_exactly() 
         .send()
         .await
         .expect("delete");
-    expect_corrupt(store.load(job_id).await, job_id, 1, "missing payload");
+    testing::expect_corrupt_at("missing payload", store.load(job_id).await, job_id, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,7 +573,7 @@ async fn every_kind_of_damaged_item_is_reported_as_corrupt_with_its_version() {
         let (job_id, _) = running_job(&store).await;
         moto.tamper_named(&store, job_id, 2, update, &names, &values)
             .await;
-        expect_corrupt(store.load(job_id).await, job_id, 2, what);
+        testing::expect_corrupt_at(what, store.load(job_id).await, job_id, 2);
     }
 
     // A hole: version 2 deleted. Reported at the missing version, not skipped.
@@ -607,7 +587,7 @@ async fn every_kind_of_damaged_item_is_reported_as_corrupt_with_its_version() {
         .send()
         .await
         .expect("delete");
-    expect_corrupt(store.load(job_id).await, job_id, 2, "hole");
+    testing::expect_corrupt_at("hole", store.load(job_id).await, job_id, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

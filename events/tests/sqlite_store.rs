@@ -223,20 +223,7 @@ async fn every_kind_of_damaged_row_is_reported_as_corrupt_not_skipped() {
         let store = harness.fresh().await;
         let (job_id, _) = running_job(&store).await;
         tamper(&store, sql, job_id, 2);
-        match store.load(job_id).await {
-            Err(StoreError::Corrupt {
-                job_id: j,
-                version,
-                reason,
-            }) => {
-                assert_eq!(
-                    (j, version),
-                    (job_id.to_string(), Some(2)),
-                    "{what}: {reason}"
-                );
-            }
-            other => panic!("{what}: load gave {other:?}"),
-        }
+        testing::expect_corrupt_at(what, store.load(job_id).await, job_id, 2);
         // The feed reads the row by `seq`, so it sees a damaged key too; only a version that is no
         // longer a number cannot be named.
         if what != "version not a number" {
@@ -290,20 +277,7 @@ async fn damage_anywhere_in_a_long_history_is_reported_with_its_version() {
             .expect("append");
         assert_eq!(store.load(job_id).await.expect("load"), history);
         tamper(&store, sql, job_id, version);
-        match store.load(job_id).await {
-            Err(StoreError::Corrupt {
-                job_id: j,
-                version: v,
-                reason,
-            }) => {
-                assert_eq!(
-                    (j, v),
-                    (job_id.to_string(), Some(version)),
-                    "{sql}: {reason}"
-                );
-            }
-            other => panic!("{sql} at {version}: load gave {other:?}"),
-        }
+        testing::expect_corrupt_at(sql, store.load(job_id).await, job_id, version);
     }
 }
 

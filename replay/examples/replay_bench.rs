@@ -31,27 +31,10 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-/// User + system CPU seconds of this process (all threads): the machine may be shared, so the
-/// rate per CPU second is printed next to the wall-clock rate.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
+/// Prints a phase's figures. The machine may be shared, so the rate per CPU second (all threads
+/// of this process) is printed next to the wall-clock rate.
 fn report(phase: &str, events: u64, secs: f64) {
-    let cpu = cpu_secs();
+    let cpu = jobledger_events::workload::process_cpu().as_secs_f64();
     println!(
         "{phase:<34} {events:>8} ev {secs:>6.2} s wall {:>9.0} ev/s | {cpu:>6.2} s CPU {:>9.0} ev/CPU-s | peak RSS {:>6.1} MB",
         events as f64 / secs,

@@ -8,7 +8,9 @@ use rusqlite::Connection;
 use super::SqliteEventStore;
 use crate::ids::JobId;
 use crate::store::{AppendBatch, EventStore, StoreError};
-use crate::testing::{self, DAMAGED_ROWS, append_history, build_history, running_job};
+use crate::testing::{
+    self, DAMAGED_ROWS, append_history, build_history, expect_corrupt_at, running_job,
+};
 
 fn fresh() -> (tempfile::TempDir, SqliteEventStore) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -33,26 +35,6 @@ fn damage(what: &str) -> &'static str {
         .find(|(w, _)| *w == what)
         .map(|(_, sql)| *sql)
         .unwrap_or_else(|| panic!("no damage named {what}"))
-}
-
-fn expect_corrupt_at<T: std::fmt::Debug>(
-    what: &str,
-    result: Result<T, StoreError>,
-    job_id: JobId,
-    version: u64,
-) {
-    match result {
-        Err(StoreError::Corrupt {
-            job_id: j,
-            version: v,
-            reason,
-        }) => assert_eq!(
-            (j, v),
-            (job_id.to_string(), Some(version)),
-            "{what}: {reason}"
-        ),
-        other => panic!("{what}: gave {other:?}, not Corrupt at version {version}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
