@@ -51,7 +51,8 @@ pub struct Stats {
     pub p50_duration_ms: Option<u64>,
     /// 95th percentile submit-to-finish wall time of finished jobs, in milliseconds (as the median).
     pub p95_duration_ms: Option<u64>,
-    /// Money spent on the counted jobs, summed exactly to 2^-64 USD (the same in any order).
+    /// Money spent on the counted jobs: summed in 2^-64 USD fixed point, then rounded once, so the
+    /// same in any order.
     pub total_cost_usd: f64,
     /// Events folded into the counted jobs (their `last_version`s summed).
     pub events: u64,
