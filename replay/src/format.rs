@@ -457,13 +457,16 @@ impl ExportWriter {
         Ok(())
     }
 
-    /// Flushes (and ends the zstd frame); the file is complete only after this.
+    /// Flushes (and ends the zstd frame) and syncs the file to disk; it is complete only after this.
     pub fn finish(self) -> io::Result<()> {
-        match self.out {
-            Sink::Plain(mut w) => w.flush()?,
-            Sink::Zstd(w) => w.finish()?.flush()?,
-        }
-        Ok(())
+        let file = match self.out {
+            Sink::Plain(w) => w,
+            Sink::Zstd(w) => w.finish()?,
+        };
+        // On disk before the caller renames it into place.
+        file.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()
     }
 }
 

@@ -3,12 +3,10 @@
 //! (UUID v7, so creation order) whatever order the store appended them in.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use jobledger_events::{
-    AppendBatch, ChangeFeed, EventStore, JobId, RecordedEvent, SqliteEventStore,
-};
+use jobledger_events::{AppendBatch, EventStore, JobId, RecordedEvent, SqliteEventStore};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -46,8 +44,55 @@ fn readable(entries: Vec<Entry>, job_id: JobId) -> anyhow::Result<Vec<RecordedEv
     Ok(events)
 }
 
+/// The first bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// A hidden file beside `path`, named for `what` and this process, that keeps `path`'s ending
+/// (`.jsonl.zst` stays compressed): a sibling only this run writes, renamed onto `path` when done.
+fn sibling(path: &Path, what: &str) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{what}-{}-{name}", std::process::id()))
+}
+
 /// Exports one job (`Some`) or every job to `out`.
+///
+/// The file is written beside `out` and renamed into place once complete and synced, so `out`
+/// is either the whole export or untouched (an export that fails leaves no partial file).
 pub async fn export<S: HistorySource>(
+    src: &S,
+    job: Option<JobId>,
+    out: &Path,
+    show: bool,
+) -> anyhow::Result<TransferSummary> {
+    if is_sqlite_file(out) {
+        bail!(
+            "{} is a SQLite database (a ledger or a read model?); export writes a .jsonl file: \
+             choose another --out",
+            out.display()
+        );
+    }
+    let partial = sibling(out, "partial");
+    let written = write_export(src, job, &partial, show).await;
+    let renamed = written.and_then(|summary| {
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("moving {} to {}", partial.display(), out.display()))?;
+        Ok(summary)
+    });
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    renamed
+}
+
+fn is_sqlite_file(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && &head == SQLITE_MAGIC
+}
+
+async fn write_export<S: HistorySource>(
     src: &S,
     job: Option<JobId>,
     out: &Path,
@@ -141,7 +186,9 @@ pub async fn export<S: HistorySource>(
         jobs: writer.jobs,
         events: writer.events,
     };
-    writer.finish()?;
+    writer
+        .finish()
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(summary)
 }
 
@@ -157,9 +204,77 @@ pub enum ImportRefused {
     /// The ledger already holds events.
     #[error("the ledger {0} is not empty; import only into an empty ledger")]
     NotEmpty(String),
+    /// The (empty) ledger is open in another process.
+    #[error(
+        "the ledger {0} is open in another process (is `jobledger dev` running?); stop it and import again"
+    )]
+    InUse(String),
+}
+
+/// Whether `ledger` exists: refuses a file that is not an empty jobledger ledger.
+fn check_target(ledger: &Path) -> anyhow::Result<bool> {
+    if !ledger.exists() {
+        return Ok(false);
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("opening {}", ledger.display()))?;
+    let held: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+        .with_context(|| format!("{} is not a jobledger ledger", ledger.display()))?;
+    if held {
+        return Err(ImportRefused::NotEmpty(ledger.display().to_string()).into());
+    }
+    Ok(true)
+}
+
+/// [`settle_now`], trying again for up to `wait` while another connection has the file open.
+async fn settle(path: &Path, wait: std::time::Duration) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match settle_now(path) {
+            Err(e)
+                if matches!(e.downcast_ref(), Some(ImportRefused::InUse(_)))
+                    && started.elapsed() < wait =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Makes `path` a single, complete database file: folds its WAL in and leaves WAL mode, which
+/// SQLite allows only when no other connection has it open.
+fn settle_now(path: &Path) -> anyhow::Result<()> {
+    let conn =
+        rusqlite::Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                anyhow::Error::new(ImportRefused::InUse(path.display().to_string()))
+            }
+            _ => anyhow::Error::new(e).context(format!("settling {}", path.display())),
+        })?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        return Err(ImportRefused::InUse(path.display().to_string()).into());
+    }
+    Ok(())
+}
+
+fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
 }
 
 /// Imports an export file into an empty ledger at `ledger`, after verifying it (unless `force`).
+///
+/// The events go into a new file beside `ledger`, which replaces it only once every event is in:
+/// an import that fails leaves the ledger as it was, and can simply be run again.
 pub async fn import(
     file: &Path,
     ledger: &Path,
@@ -167,19 +282,41 @@ pub async fn import(
     show: bool,
 ) -> anyhow::Result<TransferSummary> {
     let src = FileSource::open(file)?;
+    let replaces = check_target(ledger)?;
     if !force {
         let report = verify_source(&src, None, show).await?;
         if !report.ok() {
             return Err(ImportRefused::NotVerified(Box::new(report)).into());
         }
     }
-    if let Some(dir) = ledger.parent() {
+    if let Some(dir) = ledger.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let store = SqliteEventStore::open(ledger)?;
-    if !store.read_after(0, 1).await?.is_empty() {
-        return Err(ImportRefused::NotEmpty(ledger.display().to_string()).into());
+    let importing = sibling(ledger, "importing");
+    remove_database(&importing);
+    let imported = async {
+        let summary = import_into(&src, &importing, show).await?;
+        // The store's threads close their connections as they wind down.
+        settle(&importing, std::time::Duration::from_secs(10)).await?;
+        if replaces {
+            // Checked again now: the empty ledger must not be open while it is replaced.
+            check_target(ledger)?;
+            settle(ledger, std::time::Duration::ZERO).await?;
+        }
+        std::fs::rename(&importing, ledger)
+            .with_context(|| format!("moving {} to {}", importing.display(), ledger.display()))?;
+        Ok(summary)
     }
+    .await;
+    if imported.is_err() {
+        remove_database(&importing);
+    }
+    imported
+}
+
+/// Appends every job of `src` to a new ledger at `path`, closed when this returns.
+async fn import_into(src: &FileSource, path: &Path, show: bool) -> anyhow::Result<TransferSummary> {
+    let store = SqliteEventStore::open(path)?;
     let (tx, mut rx) = mpsc::channel::<Vec<RecordedEvent>>(IN_FLIGHT);
     let appender = {
         let store = store.clone();
@@ -230,7 +367,7 @@ pub async fn import(
         tx,
         skipped: 0,
     };
-    let mut group = drive(&src, false, show, "import", group, |g, entry| match entry {
+    let mut group = drive(src, false, show, "import", group, |g, entry| match entry {
         Entry::Event(e) => {
             if g.events.last().is_some_and(|l| l.job_id != e.event.job_id) {
                 g.flush();
@@ -245,6 +382,7 @@ pub async fn import(
     let skipped = group.skipped;
     drop(group);
     let summary = appender.await??;
+    drop(store);
     if skipped > 0 {
         eprintln!("warning: {skipped} unreadable line(s) skipped (--force)");
     }
