@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use jobledger_events::{EventStore, JobId, SqliteEventStore, StoreError};
+use jobledger_events::{JobId, StoreError};
 use tokio::sync::mpsc;
 
-use crate::format::{Entry, Item, Pos, next_line, open_reader, parse_line, sourced, visit_line};
+use crate::format::{Entry, Item, Pos, next_line, open_reader, parse_line, visit_line};
 
 /// Entries per batch handed from a reader to a consumer: large enough to make the hand-off cheap.
 pub const BATCH: usize = 2048;
@@ -140,10 +140,10 @@ pub fn spawn<T: Send + 'static>(
         .map_err(|e| SourceError::Unavailable(format!("cannot start a reader thread: {e}")))
 }
 
-/// The embedded ledger `<data-dir>/ledger.sqlite3`, read through the public store API.
+/// The embedded ledger `<data-dir>/ledger.sqlite3`, read through read-only connections: an
+/// auditor's reads never write to the ledger (no schema, no journal mode change).
 #[derive(Clone)]
 pub struct SqliteSource {
-    store: SqliteEventStore,
     path: PathBuf,
 }
 
@@ -156,23 +156,10 @@ impl SqliteSource {
                 path.display()
             )));
         }
+        crate::sqlite_scan::check_ledger(path)?;
         Ok(SqliteSource {
-            store: SqliteEventStore::open(path)?,
             path: path.to_path_buf(),
         })
-    }
-
-    /// Wraps an open store.
-    pub fn from_store(store: SqliteEventStore, path: &Path) -> Self {
-        SqliteSource {
-            store,
-            path: path.to_path_buf(),
-        }
-    }
-
-    /// The store.
-    pub fn store(&self) -> &SqliteEventStore {
-        &self.store
     }
 }
 
@@ -196,21 +183,10 @@ impl HistorySource for SqliteSource {
     }
 
     async fn job(&self, job_id: JobId, check: bool) -> Result<Vec<Entry>, SourceError> {
-        match self.store.load(job_id).await {
-            Ok(events) => Ok(events
-                .into_iter()
-                .map(|e| Entry::Event(sourced(e, Pos::None, check)))
-                .collect()),
-            Err(StoreError::Corrupt {
-                version, reason, ..
-            }) => Ok(vec![Entry::Unreadable {
-                pos: Pos::None,
-                job_id: Some(job_id),
-                version,
-                reason,
-            }]),
-            Err(e) => Err(e.into()),
-        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || crate::sqlite_scan::job_entries(&path, job_id, check))
+            .await
+            .map_err(|e| SourceError::Unavailable(format!("reader thread failed: {e}")))?
     }
 
     /// The last feed position: about the number of events, which a scan counts.

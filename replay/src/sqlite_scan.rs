@@ -51,6 +51,36 @@ pub fn extent(path: &Path) -> Result<u64, SourceError> {
     Ok(head.max(0) as u64)
 }
 
+/// Checks that `path` holds a jobledger ledger (the `events` table), without writing to it.
+pub fn check_ledger(path: &Path) -> Result<(), SourceError> {
+    let conn = open(path)?;
+    // Preparing reads the schema: it fails when the file is not a database or has no events.
+    conn.prepare(&format!(
+        "SELECT {EVENT_ROW_COLUMNS}, job_id, seq FROM events LIMIT 0"
+    ))
+    .map(drop)
+    .map_err(|e| {
+        SourceError::Unavailable(format!("{} is not a jobledger ledger: {e}", path.display()))
+    })
+}
+
+/// One job's rows in version order, each an entry (a damaged row is named, not skipped).
+pub fn job_entries(path: &Path, job_id: JobId, check: bool) -> Result<Vec<Entry>, SourceError> {
+    let conn = open(path)?;
+    let sql = format!(
+        "SELECT {EVENT_ROW_COLUMNS}, job_id, seq FROM events WHERE job_id = ?1 ORDER BY version"
+    );
+    let mut stmt = conn.prepare(&sql).map_err(|e| unavailable(path, e))?;
+    let mut rows = stmt
+        .query([job_id.0.as_bytes().as_slice()])
+        .map_err(|e| unavailable(path, e))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(|e| unavailable(path, e))? {
+        out.push(row_entry(row, check)?);
+    }
+    Ok(out)
+}
+
 /// The smallest or largest job id, when it is a well-formed 16-byte key.
 fn end_key(conn: &Connection, path: &Path, order: &str) -> Result<Option<u128>, SourceError> {
     let sql = format!("SELECT job_id FROM events ORDER BY job_id {order} LIMIT 1");
