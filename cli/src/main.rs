@@ -220,7 +220,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Cost(args) => cost::run(args).map(|()| ExitCode::SUCCESS),
-        Commands::Replay(args) => jobledger_replay::run(args.command, args.source).await,
+        Commands::Replay(args) => {
+            Ok(jobledger_replay::run_to_exit(args.command, args.source).await)
+        }
         Commands::Notify(args) => notify::run(args).await,
         Commands::Worker => {
             dev::init_logging("info");

@@ -18,7 +18,7 @@ use crate::views::Projection;
 /// Where replay reads from (flatten into a parent command with `#[command(flatten)]`).
 #[derive(Args, Clone, Debug)]
 pub struct SourceArgs {
-    /// Data folder of the embedded stack: ledger at <dir>/ledger.sqlite3, views at <dir>/views.sqlite3.
+    /// Data folder of the embedded stack: ledger at `<dir>/ledger.sqlite3`, views at `<dir>/views.sqlite3`.
     #[arg(
         long,
         env = "JOBLEDGER_DATA_DIR",
@@ -64,6 +64,34 @@ impl SourceArgs {
             None => AnySource::Sqlite(SqliteSource::open(&self.ledger_path())?),
         })
     }
+}
+
+/// Rebuilds the DynamoDB read model (`rebuild --views-table`).
+#[cfg(feature = "dynamodb")]
+async fn rebuild_dynamo_views(
+    src: &AnySource,
+    table: &str,
+    projection: Projection,
+    show: bool,
+) -> anyhow::Result<crate::views::RebuildReport> {
+    let sdk = jobledger_workers::aws_clients::sdk_config().await;
+    let views =
+        jobledger_projections::DynamoJobViews::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    // Fail now, naming the table, before anything is cleared.
+    jobledger_projections::ViewStore::load_stats(&views)
+        .await
+        .with_context(|| format!("reading the DynamoDB jobs table {table}"))?;
+    crate::views::rebuild(src, &views, projection, false, show).await
+}
+
+#[cfg(not(feature = "dynamodb"))]
+async fn rebuild_dynamo_views(
+    _src: &AnySource,
+    table: &str,
+    _projection: Projection,
+    _show: bool,
+) -> anyhow::Result<crate::views::RebuildReport> {
+    bail!("cannot rebuild DynamoDB table {table}: replay was built without its `dynamodb` feature")
 }
 
 #[cfg(feature = "dynamodb")]
@@ -136,6 +164,11 @@ pub enum ReplayCommand {
         /// Write nothing; report how the current read model differs (exit 1 when it does).
         #[arg(long)]
         dry_run: bool,
+        /// Rebuild the AWS read model, this DynamoDB jobs table, instead of `<data-dir>/views.sqlite3`
+        /// (region, credentials and endpoint from the standard AWS environment; needs the
+        /// `dynamodb` feature). It is emptied first, like the embedded one.
+        #[arg(long, value_name = "TABLE")]
+        views_table: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -152,7 +185,7 @@ pub enum ReplayCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Loads an export file into an empty ledger at <data-dir>/ledger.sqlite3 (verified first).
+    /// Loads an export file into an empty ledger at `<data-dir>/ledger.sqlite3` (verified first).
     Import {
         /// The export file.
         file: PathBuf,
@@ -184,6 +217,18 @@ fn open_views(path: &Path) -> anyhow::Result<SqliteViewStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(SqliteViewStore::open(path)?)
+}
+
+/// Runs one command as a process does: an error is printed and exits 2, so a script can tell
+/// "the command could not run" from "findings were reported" (1).
+pub async fn run_to_exit(cmd: ReplayCommand, source: SourceArgs) -> ExitCode {
+    match run(cmd, source).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Runs one command. Exit code 0: done and (for `verify`) every rule held; 1: findings or
@@ -262,12 +307,26 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
         ReplayCommand::Rebuild {
             projection,
             dry_run,
+            views_table,
             json,
         } => {
+            if let (Some(table), true) = (&views_table, dry_run) {
+                // A dry run walks the read model in job id order; a DynamoDB table can only be
+                // scanned whole, once per page of that walk.
+                bail!(
+                    "--dry-run cannot compare against the DynamoDB table {table}: run it against an \
+                     embedded read model, or rebuild the table"
+                );
+            }
             let src = source.open().await?;
-            let views = open_views(&source.views_path())?;
             let started = std::time::Instant::now();
-            let report = crate::views::rebuild(&src, &views, projection, dry_run, show).await?;
+            let report = match &views_table {
+                Some(table) => rebuild_dynamo_views(&src, table, projection, show).await?,
+                None => {
+                    let views = open_views(&source.views_path())?;
+                    crate::views::rebuild(&src, &views, projection, dry_run, show).await?
+                }
+            };
             let secs = started.elapsed().as_secs_f64();
             if json {
                 print_json(&report)?;
@@ -283,6 +342,11 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
                 }
                 for (field, (stored, rebuilt)) in &report.stats_diff {
                     println!("stats {field}: {stored} -> {rebuilt}");
+                }
+                if dry_run && !report.stats_saved && projection != Projection::Jobs {
+                    println!(
+                        "stats: none saved yet (only a rebuild saves them); nothing to compare"
+                    );
                 }
                 println!(
                     "{} event(s), {} job(s) folded in {secs:.2}s ({:.0} events/s); {} view(s) written; {} difference(s); {} error(s)",

@@ -22,7 +22,7 @@ pub mod transfer;
 pub mod verify;
 pub mod views;
 
-pub use cli::{ReplayCommand, SourceArgs, run};
+pub use cli::{ReplayCommand, SourceArgs, run, run_to_exit};
 pub use format::{Entry, ExportWriter, Pin};
 pub use source::{AnySource, FileSource, HistorySource, SourceError, SqliteSource};
 pub use verify::{Finding, Verifier, VerifyReport, verify_source};

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use jobledger_replay::{ReplayCommand, SourceArgs, run};
+use jobledger_replay::{ReplayCommand, SourceArgs, run_to_exit};
 
 /// Replays job histories: history, state, verify, rebuild, export, import, stats.
 #[derive(Parser)]
@@ -18,11 +18,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command, cli.source).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    run_to_exit(cli.command, cli.source).await
 }

@@ -376,6 +376,8 @@ pub struct RebuildReport {
     pub diff_count: u64,
     /// Stats fields that differ: field → [stored, rebuilt] (dry run only).
     pub stats_diff: BTreeMap<String, (serde_json::Value, serde_json::Value)>,
+    /// Whether the read model held saved stats before the rebuild.
+    pub stats_saved: bool,
 }
 
 /// Field-by-field difference of two JSON objects.
@@ -420,9 +422,15 @@ where
     V: ViewStore + Clone + 'static,
 {
     let write_jobs = matches!(projection, Projection::Jobs | Projection::All);
+    let write_stats = matches!(projection, Projection::Stats | Projection::All);
     let previous_stats = views.load_stats().await?;
     if !dry_run && write_jobs {
         views.clear().await?;
+        if let (false, Some(previous)) = (write_stats, &previous_stats) {
+            // `clear` dropped the saved stats too; a jobs-only rebuild puts them back untouched,
+            // at once, so a rebuild that fails later does not lose them.
+            views.save_stats(previous).await?;
+        }
     }
     let ordered = dry_run && src.sorted();
     let (tx, rx) = mpsc::channel::<Vec<JobView>>(1);
@@ -459,12 +467,18 @@ where
     let mut consumed = comparer.await??;
     let (fold, parts) = folded?;
     let mut stats = Vec::with_capacity(parts.len());
+    let mut write_error = None;
     for part in parts {
-        if let Some(e) = part.error {
-            return Err(e.into());
-        }
         consumed.written += part.written;
+        write_error = write_error.or(part.error);
         stats.push(part.stats);
+    }
+    if let Some(e) = write_error {
+        return Err(anyhow::Error::new(e).context(format!(
+            "rebuild stopped after writing {} of {} view(s): the read model is incomplete until a \
+             rebuild finishes (the ledger is untouched; run rebuild again)",
+            consumed.written, fold.jobs
+        )));
     }
     let stats = merge_stats(Period::ALL, stats);
     let mut report = RebuildReport {
@@ -473,22 +487,19 @@ where
         diffs: consumed.diffs,
         diff_count: consumed.diff_count,
         stats_diff: BTreeMap::new(),
+        stats_saved: previous_stats.is_some(),
     };
-    let write_stats = matches!(projection, Projection::Stats | Projection::All);
     if dry_run {
-        if write_stats {
-            let stored = serde_json::to_value(&previous_stats)?;
-            report.stats_diff = if previous_stats.is_none() {
-                BTreeMap::from([("stats".to_string(), (stored, serde_json::to_value(&stats)?))])
-            } else {
-                json_diff(&stored, &serde_json::to_value(&stats)?)
-            };
+        // Stats are saved only by a rebuild (the live projector keeps job views alone), so a read
+        // model without saved stats has nothing to differ from.
+        if let (true, Some(previous)) = (write_stats, &previous_stats) {
+            report.stats_diff = json_diff(
+                &serde_json::to_value(previous)?,
+                &serde_json::to_value(&stats)?,
+            );
         }
     } else if write_stats {
         views.save_stats(&stats).await?;
-    } else if let Some(previous) = previous_stats {
-        // `clear` dropped the saved stats too; a jobs-only rebuild puts them back untouched.
-        views.save_stats(&previous).await?;
     }
     Ok(report)
 }

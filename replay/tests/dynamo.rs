@@ -12,7 +12,7 @@ use jobledger_events::testing::{build_history, noop_spec, test_context};
 use jobledger_events::{
     AppendBatch, DynamoEventStore, EventStore, EventsTables, Hash, JobEvent, JobId, RecordedEvent,
 };
-use jobledger_projections::{JobView, SqliteViewStore, ViewStore};
+use jobledger_projections::{DynamoJobViews, JobView, SqliteViewStore, ViewStore};
 use jobledger_replay::dynamo_source::DynamoSource;
 use jobledger_replay::format::Entry;
 use jobledger_replay::synth::Synth;
@@ -97,6 +97,85 @@ async fn a_history_over_one_megabyte_in_dynamodb_is_verified_and_its_views_rebui
         run(cmd, args(&table)).await.expect("run"),
         ExitCode::SUCCESS
     );
+    // And reads the long history's timeline, every page of it.
+    let cmd = ReplayCommand::History {
+        job: long_job,
+        json: true,
+    };
+    assert_eq!(
+        run(cmd, args(&table)).await.expect("history"),
+        ExitCode::SUCCESS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_read_model_is_rebuilt_from_the_dynamodb_ledger_by_the_command_line() {
+    let (Moto { dynamo, .. }, table) = events_table().await;
+    let mut synth = Synth::new(31);
+    let jobs: Vec<Vec<RecordedEvent>> = (0..15).map(|_| synth.job()).collect();
+    seed_events(&dynamo, &table, &jobs.concat()).await;
+    let views = DynamoJobViews::new(dynamo.clone(), moto::unique("jobs"));
+    views.create_table().await.expect("jobs table");
+    // A view of a job the ledger does not have, and a wrong one: the rebuild replaces both.
+    let mut stray = jobs[0]
+        .iter()
+        .try_fold(None, JobView::apply)
+        .expect("folds")
+        .expect("a view");
+    stray.job_id = JobId::new();
+    views.upsert(&stray).await.expect("stray view");
+    let mut wrong = jobs[1]
+        .iter()
+        .try_fold(None, JobView::apply)
+        .expect("folds")
+        .expect("a view");
+    wrong.error = Some("edited".into());
+    wrong.last_version += 10;
+    views.upsert(&wrong).await.expect("wrong view");
+
+    let rebuild = |dry_run, views_table: &str| ReplayCommand::Rebuild {
+        projection: Projection::All,
+        dry_run,
+        views_table: Some(views_table.to_string()),
+        json: false,
+    };
+    // A dry run against DynamoDB is refused, and changes nothing.
+    let err = run(rebuild(true, views.table()), args(&table))
+        .await
+        .expect_err("dry run refused");
+    assert!(err.to_string().contains("--dry-run"), "{err}");
+    assert_eq!(
+        views.get(stray.job_id).await.expect("get"),
+        Some(stray.clone())
+    );
+    // A table that does not exist is named before anything is touched.
+    let err = run(rebuild(false, "no-such-jobs-table"), args(&table))
+        .await
+        .expect_err("missing table");
+    assert!(format!("{err:#}").contains("no-such-jobs-table"), "{err:#}");
+
+    assert_eq!(
+        run(rebuild(false, views.table()), args(&table))
+            .await
+            .expect("rebuild"),
+        ExitCode::SUCCESS
+    );
+    let expected: Vec<JobView> = {
+        let mut v: Vec<JobView> = jobs
+            .iter()
+            .map(|h| {
+                h.iter()
+                    .try_fold(None, JobView::apply)
+                    .expect("folds")
+                    .expect("a view")
+            })
+            .collect();
+        v.sort_by_key(|v| v.job_id);
+        v
+    };
+    assert_eq!(views.all().await.expect("all views"), expected);
+    let stats = views.load_stats().await.expect("stats").expect("saved");
+    assert_eq!(stats.jobs, 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,6 +328,10 @@ async fn a_payload_offloaded_to_s3_is_read_through_the_standard_aws_environment(
         .await
         .expect("verify");
     assert_eq!(report.events, 1);
+    assert!(
+        !report.findings.is_empty(),
+        "the oversized metadata is a finding"
+    );
     assert!(
         report
             .findings

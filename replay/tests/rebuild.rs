@@ -1,0 +1,158 @@
+//! `rebuild` around its edges: a read model without saved stats, and a view store that fails
+//! in the middle of a rebuild.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use jobledger_events::{JobId, RecordedEvent};
+use jobledger_projections::{
+    JobView, ListQuery, Page, SqliteViewStore, Stats, ViewError, ViewStore,
+};
+use jobledger_replay::format::ExportWriter;
+use jobledger_replay::synth::Synth;
+use jobledger_replay::views::{Projection, rebuild};
+use jobledger_replay::{FileSource, SqliteSource};
+
+fn generate(jobs: usize, seed: u64) -> Vec<Vec<RecordedEvent>> {
+    let mut synth = Synth::new(seed);
+    (0..jobs).map(|_| synth.job()).collect()
+}
+
+/// A ledger of `jobs` generated jobs at `dir/ledger.sqlite3`.
+async fn ledger(dir: &Path, jobs: usize) -> SqliteSource {
+    let file = dir.join("export.jsonl");
+    let mut w = ExportWriter::create(&file).unwrap();
+    for j in generate(jobs, 11) {
+        w.write_job(&j).unwrap();
+    }
+    w.finish().unwrap();
+    jobledger_replay::transfer::import(&file, &dir.join("ledger.sqlite3"), false, false)
+        .await
+        .unwrap();
+    SqliteSource::open(&dir.join("ledger.sqlite3")).unwrap()
+}
+
+#[tokio::test]
+async fn a_live_read_model_without_saved_stats_has_no_differences_until_its_stats_go_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = ledger(dir.path(), 30).await;
+    let views = SqliteViewStore::open(dir.path().join("views.sqlite3")).unwrap();
+    // The live projector's read model: job views, and no saved stats (only a rebuild saves them).
+    rebuild(&src, &views, Projection::Jobs, false, false)
+        .await
+        .unwrap();
+    assert_eq!(views.load_stats().await.unwrap(), None);
+
+    let dry = rebuild(&src, &views, Projection::All, true, false)
+        .await
+        .unwrap();
+    assert_eq!(dry.diff_count, 0, "{:#?}", dry.diffs);
+    assert!(dry.stats_diff.is_empty(), "{:#?}", dry.stats_diff);
+    assert!(!dry.stats_saved);
+
+    // Saved stats that no longer match the ledger are a difference, field by field.
+    let all = views.all().await.unwrap();
+    let stale = Stats::from_views(&all[..20], Default::default());
+    views.save_stats(&stale).await.unwrap();
+    let dry = rebuild(&src, &views, Projection::Stats, true, false)
+        .await
+        .unwrap();
+    assert!(dry.stats_saved);
+    assert!(dry.stats_diff.contains_key("jobs"), "{:#?}", dry.stats_diff);
+    assert_eq!(dry.stats_diff["jobs"].0, 20);
+    assert_eq!(dry.stats_diff["jobs"].1, 30);
+    assert_eq!(dry.diff_count, 0);
+}
+
+/// A view store whose batch writes fail once they reach one job's view.
+#[derive(Clone)]
+struct FailingViews {
+    inner: SqliteViewStore,
+    poisoned: JobId,
+}
+
+impl ViewStore for FailingViews {
+    async fn upsert(&self, view: &JobView) -> Result<bool, ViewError> {
+        self.inner.upsert(view).await
+    }
+
+    async fn upsert_many(&self, views: &[JobView]) -> Result<usize, ViewError> {
+        if views.iter().any(|v| v.job_id == self.poisoned) {
+            return Err(ViewError::backend(false, "disk I/O error"));
+        }
+        self.inner.upsert_many(views).await
+    }
+
+    async fn get(&self, job_id: JobId) -> Result<Option<JobView>, ViewError> {
+        self.inner.get(job_id).await
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Page, ViewError> {
+        self.inner.list(q).await
+    }
+
+    async fn scan(&self, after: Option<JobId>, limit: usize) -> Result<Vec<JobView>, ViewError> {
+        self.inner.scan(after, limit).await
+    }
+
+    async fn clear(&self) -> Result<(), ViewError> {
+        self.inner.clear().await
+    }
+
+    async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
+        self.inner.save_stats(stats).await
+    }
+
+    async fn load_stats(&self) -> Result<Option<Stats>, ViewError> {
+        self.inner.load_stats().await
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_writes_fail_says_the_read_model_is_incomplete_and_keeps_saved_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    // More jobs than one write batch, so some batches land before the failing one.
+    let src = ledger(dir.path(), 3000).await;
+    let views = SqliteViewStore::open(dir.path().join("views.sqlite3")).unwrap();
+    rebuild(&src, &views, Projection::All, false, false)
+        .await
+        .unwrap();
+    let saved = views.load_stats().await.unwrap().unwrap();
+    let live = views.all().await.unwrap();
+    assert_eq!(live.len(), 3000);
+
+    let failing = FailingViews {
+        inner: views.clone(),
+        poisoned: live[1500].job_id,
+    };
+    let err = rebuild(&src, &failing, Projection::Jobs, false, false)
+        .await
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("rebuild stopped after writing"),
+        "{message}"
+    );
+    assert!(message.contains("of 3000 view(s)"), "{message}");
+    assert!(message.contains("run rebuild again"), "{message}");
+    assert!(message.contains("disk I/O error"), "{message}");
+    // The jobs-only rebuild cleared the views but put the stats back before writing any view.
+    assert_eq!(views.load_stats().await.unwrap(), Some(saved));
+    assert!(views.all().await.unwrap().len() < 3000);
+    // The dry run sees what is missing; a rebuild that can write mends it.
+    let dry = rebuild(&src, &views, Projection::All, true, false)
+        .await
+        .unwrap();
+    assert!(dry.diffs.iter().all(|d| d.change == "missing"));
+    assert!(dry.diff_count > 0);
+    rebuild(
+        &FileSource::open(&dir.path().join("export.jsonl")).unwrap(),
+        &views,
+        Projection::All,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(views.all().await.unwrap(), live);
+}
