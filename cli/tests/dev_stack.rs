@@ -165,6 +165,16 @@ impl DevServer {
 
 impl Drop for DevServer {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl DevServer {
+    /// Stops the server as an operator would (SIGTERM), killing it if it does not stop in 10 s.
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -497,4 +507,241 @@ async fn a_worker_killed_mid_job_is_timed_out_retried_and_resumes_from_its_check
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3000, "every item exactly once in the results");
+}
+
+/// A small deterministic generator (splitmix64), so a failing run can be repeated with its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Every stored view row of the read model, in job id order, as stored.
+fn stored_views(data_dir: &Path) -> Vec<(String, i64, String)> {
+    let conn = rusqlite::Connection::open(data_dir.join("views.sqlite3")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT job_id, last_version, view FROM jobs ORDER BY job_id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Events in the ledger, and how many of each type.
+fn ledger_types(data_dir: &Path) -> std::collections::BTreeMap<String, i64> {
+    let conn = rusqlite::Connection::open(data_dir.join("ledger.sqlite3")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT type, COUNT(*) FROM events GROUP BY type")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Sends `signal` to the job's worker if the job is running in a child process right now.
+async fn signal_worker(server: &DevServer, id: &str, signal: &str) -> bool {
+    let view = server.job(id).await;
+    let Some(pid) = view["task_arn"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("local:"))
+    else {
+        return false;
+    };
+    // Only a live `jobledger worker`: a finished worker's pid may belong to another process now.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if view["status"] != "RUNNING" || !String::from_utf8_lossy(&cmdline).contains("worker") {
+        return false;
+    }
+    Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_long_random_run_of_the_dev_stack_rebuild_gives_back_the_live_read_model() {
+    let seed = std::env::var("DEV_RANDOM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_206_u64);
+    eprintln!("DEV_RANDOM_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut server = DevServer::start(
+        &[
+            "--child-process-workers",
+            "--heartbeat-limit-s",
+            "3",
+            "--sweep-every-s",
+            "1",
+        ],
+        &[
+            ("WORKER_PROGRESS_EVERY_ITEMS", "50"),
+            ("WORKER_PROGRESS_EVERY_S", "1"),
+        ],
+    );
+    let long_input = big_input(&server, 1500);
+    let missing = format!(
+        "file://{}",
+        server
+            .data_dir()
+            .canonicalize()
+            .unwrap()
+            .join("objects/inputs/missing.jsonl")
+            .display()
+    );
+    let noop = |items: u64| json!({"kind": "noop", "items": (0..items).map(|i| json!({"id": format!("n{i}")})).collect::<Vec<_>>()});
+
+    // Scripted first, so every way a job can end is in the log whatever the seed does: a worker
+    // stopped by SIGTERM (interrupted, then retried), one killed outright (timed out), a cancel
+    // and an input that cannot be read.
+    let mut ids = Vec::new();
+    for signal in ["TERM", "KILL"] {
+        let id = server
+            .submit(
+                &json!({"kind": "content_analysis", "input_uri": long_input, "max_attempts": 3}),
+            )
+            .await;
+        server
+            .wait_until(&id, Duration::from_secs(60), |v| {
+                v["status"] == "RUNNING" && v["progress"]["done"].as_u64().unwrap_or(0) > 0
+            })
+            .await;
+        assert!(signal_worker(&server, &id, signal).await, "SIG{signal}");
+        ids.push(id);
+    }
+    let cancelled = server.submit(&noop(5)).await;
+    let (s, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/jobs/{cancelled}/cancel"),
+            Some(KEY),
+            None,
+        )
+        .await;
+    assert!(s == 202 || s == 409, "{s}");
+    ids.push(cancelled);
+    ids.push(
+        server
+            .submit(&json!({"kind": "content_analysis", "input_uri": missing, "max_attempts": 1}))
+            .await,
+    );
+
+    for _ in 0..300 {
+        match rng.below(20) {
+            0..=8 => ids.push(server.submit(&noop(1 + rng.below(30))).await),
+            9..=10 => {
+                let input = if rng.below(3) == 0 {
+                    &missing
+                } else {
+                    &long_input
+                };
+                let attempts = 1 + rng.below(3);
+                ids.push(
+                    server
+                        .submit(&json!({"kind": "content_analysis", "input_uri": input, "max_attempts": attempts}))
+                        .await,
+                );
+            }
+            11..=13 => {
+                let id = &ids[rng.below(ids.len() as u64) as usize];
+                let (s, body) = server
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/jobs/{id}/cancel"),
+                        Some(KEY),
+                        Some(br#"{"reason":"random"}"#.to_vec()),
+                    )
+                    .await;
+                assert!(s == 202 || s == 409, "cancel {id}: {s} {body}");
+            }
+            14..=16 => {
+                let id = &ids[rng.below(ids.len() as u64) as usize];
+                let (s, body) = server
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/jobs/{id}/retry"),
+                        Some(KEY),
+                        None,
+                    )
+                    .await;
+                assert!(s == 202 || s == 409, "retry {id}: {s} {body}");
+            }
+            _ => {
+                let id = ids[rng.below(ids.len() as u64) as usize].clone();
+                let signal = if rng.below(2) == 0 { "TERM" } else { "KILL" };
+                signal_worker(&server, &id, signal).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+    }
+
+    // Quiet: every job finished and the stored read model caught up with the ledger. (The API
+    // folds the ledger when a view lags, so only the stored rows tell.)
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let views = stored_views(server.data_dir());
+        let open = views
+            .iter()
+            .filter(|(_, _, v)| {
+                let status = serde_json::from_str::<Value>(v).unwrap()["status"].clone();
+                !matches!(status.as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELLED"))
+            })
+            .count();
+        let projected: i64 = views.iter().map(|(_, v, _)| v).sum();
+        let logged: i64 = ledger_types(server.data_dir()).values().sum();
+        if views.len() == ids.len() && open == 0 && projected == logged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not quiet: {} of {} views, {open} open, {projected} of {logged} events projected",
+            views.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let types = ledger_types(server.data_dir());
+    eprintln!("{} jobs, events by type: {types:?}", ids.len());
+    for needed in [
+        "JobSucceeded",
+        "JobFailed",
+        "JobCancelled",
+        "WorkerInterrupted",
+        "AttemptTimedOut",
+        "RetryScheduled",
+    ] {
+        assert!(types.contains_key(needed), "no {needed} in {types:?}");
+    }
+
+    let (ok, out) = server.replay(&["rebuild", "--dry-run"]);
+    assert!(ok, "the live read model differs from the ledger: {out}");
+    assert!(out.contains(" 0 difference(s)"), "{out}");
+    let live = stored_views(server.data_dir());
+
+    // Stopped, the read model rebuilt from the ledger is the live one, row for row, byte for byte.
+    server.stop();
+    let (ok, out) = server.replay(&["rebuild"]);
+    assert!(ok, "{out}");
+    assert_eq!(stored_views(server.data_dir()), live);
+    for args in [&["verify", "--all"][..], &["rebuild", "--dry-run"]] {
+        let (ok, out) = server.replay(args);
+        assert!(ok, "replay {args:?}: {out}");
+    }
+    let (ok, out) = server.replay(&["stats", "--json"]);
+    assert!(ok, "{out}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["jobs"].as_u64(), Some(live.len() as u64), "{stats}");
 }
