@@ -2,6 +2,7 @@
 //! views and written once per batch, duplicates and stale events ignored, the bounded cache, and
 //! what a failing view store leaves acknowledged.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chrono::{Duration, TimeZone, Utc};
@@ -11,71 +12,57 @@ use jobledger_events::{
     Command, CommandContext, EventStore, JobId, RecordedEvent, SqliteEventStore, execute,
 };
 use jobledger_handlers::project::{ProjectError, ProjectorCache, project_batch};
-use jobledger_projections::{
-    JobView, ListQuery, Page, SqliteViewStore, Stats, ViewError, ViewStore,
-};
+use jobledger_projections::testing::{ViewCall, WatchedViews};
+use jobledger_projections::{JobView, SqliteViewStore, ViewError, ViewStore};
+
+/// The SQLite view store, its writes and reads shown to the test's hook.
+type Views = WatchedViews<SqliteViewStore>;
 
 struct Env {
     _dir: tempfile::TempDir,
     store: SqliteEventStore,
     views: Views,
+    /// Writes fail while this is set.
+    failing: Arc<AtomicBool>,
+    /// Batch writes that went through (a single upsert counts as one).
+    batches: Arc<AtomicUsize>,
+    /// Views read.
+    reads: Arc<AtomicUsize>,
 }
 
 fn env() -> Env {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = SqliteEventStore::open(dir.path().join("events.sqlite")).expect("ledger");
     let inner = SqliteViewStore::open(dir.path().join("views.sqlite")).expect("views");
+    let (failing, batches, reads) = (Arc::default(), Arc::default(), Arc::default());
+    let views = {
+        let (failing, batches, reads): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>) = (
+            Arc::clone(&failing),
+            Arc::clone(&batches),
+            Arc::clone(&reads),
+        );
+        WatchedViews::new(inner, move |call| {
+            match call {
+                ViewCall::Get(_) => {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                }
+                ViewCall::Upsert(_) | ViewCall::UpsertMany(_) => {
+                    if failing.load(Ordering::SeqCst) {
+                        return Err(ViewError::backend(true, "disk I/O error"));
+                    }
+                    batches.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        })
+    };
     Env {
         _dir: dir,
         store,
-        views: Views {
-            inner,
-            failing: AtomicBool::new(false),
-            batches: AtomicUsize::new(0),
-            reads: AtomicUsize::new(0),
-        },
-    }
-}
-
-/// The SQLite view store, counting batch writes and reads, failing writes while `failing` is set.
-struct Views {
-    inner: SqliteViewStore,
-    failing: AtomicBool,
-    batches: AtomicUsize,
-    reads: AtomicUsize,
-}
-
-impl ViewStore for Views {
-    async fn upsert(&self, view: &JobView) -> Result<bool, ViewError> {
-        self.upsert_many(std::slice::from_ref(view))
-            .await
-            .map(|n| n == 1)
-    }
-    async fn upsert_many(&self, views: &[JobView]) -> Result<usize, ViewError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(ViewError::backend(true, "disk I/O error"));
-        }
-        self.batches.fetch_add(1, Ordering::SeqCst);
-        self.inner.upsert_many(views).await
-    }
-    async fn get(&self, job_id: JobId) -> Result<Option<JobView>, ViewError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(job_id).await
-    }
-    async fn list(&self, q: &ListQuery) -> Result<Page, ViewError> {
-        self.inner.list(q).await
-    }
-    async fn scan(&self, after: Option<JobId>, limit: usize) -> Result<Vec<JobView>, ViewError> {
-        self.inner.scan(after, limit).await
-    }
-    async fn clear(&self) -> Result<(), ViewError> {
-        self.inner.clear().await
-    }
-    async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
-        self.inner.save_stats(stats).await
-    }
-    async fn load_stats(&self) -> Result<Option<Stats>, ViewError> {
-        self.inner.load_stats().await
+        views,
+        failing,
+        batches,
+        reads,
     }
 }
 
@@ -135,7 +122,7 @@ async fn jobs(store: &SqliteEventStore, n: usize) -> (Vec<Vec<RecordedEvent>>, V
 async fn assert_views_fold(views: &Views, histories: &[Vec<RecordedEvent>]) {
     for history in histories {
         assert_eq!(
-            views.inner.get(history[0].job_id).await.expect("get"),
+            views.inner().get(history[0].job_id).await.expect("get"),
             JobView::fold(history).expect("fold"),
             "job {}",
             history[0].job_id
@@ -154,13 +141,9 @@ async fn several_events_of_one_job_in_one_batch_fold_in_order_and_are_written_on
     assert!(report.is_complete(), "{:?}", report.error);
     assert_eq!(report.succeeded, 5);
     assert_views_fold(&env.views, std::slice::from_ref(&history)).await;
+    assert_eq!(env.batches.load(Ordering::SeqCst), 1, "one write per batch");
     assert_eq!(
-        env.views.batches.load(Ordering::SeqCst),
-        1,
-        "one write per batch"
-    );
-    assert_eq!(
-        env.views.reads.load(Ordering::SeqCst),
+        env.reads.load(Ordering::SeqCst),
         0,
         "a view that starts in the batch is not read"
     );
@@ -180,7 +163,7 @@ async fn interleaved_events_of_many_jobs_build_every_view_and_the_cache_saves_re
 
     assert_views_fold(&env.views, &histories).await;
     assert_eq!(
-        env.views.reads.load(Ordering::SeqCst),
+        env.reads.load(Ordering::SeqCst),
         0,
         "a new job's view starts from its first event; later batches use the cache"
     );
@@ -194,7 +177,7 @@ async fn duplicate_and_stale_events_change_nothing_and_write_nothing() {
     let mut cache = ProjectorCache::default();
     let report = project_batch(&env.store, &env.views, &mut cache, &history[..4]).await;
     assert!(report.is_complete());
-    let before = env.views.batches.load(Ordering::SeqCst);
+    let before = env.batches.load(Ordering::SeqCst);
 
     let late = [history[2].clone(), history[0].clone(), history[3].clone()];
     let report = project_batch(&env.store, &env.views, &mut cache, &late).await;
@@ -202,7 +185,7 @@ async fn duplicate_and_stale_events_change_nothing_and_write_nothing() {
     assert!(report.is_complete(), "{:?}", report.error);
     assert_eq!(report.succeeded, 3, "a duplicate is done, not failed");
     assert_eq!(
-        env.views.batches.load(Ordering::SeqCst),
+        env.batches.load(Ordering::SeqCst),
         before,
         "nothing written"
     );
@@ -247,7 +230,7 @@ async fn a_small_cache_is_emptied_past_its_limit_and_the_views_stay_right() {
         "the cache holds its limit plus one batch's jobs at most, held {largest}"
     );
     assert!(
-        env.views.reads.load(Ordering::SeqCst) > 0,
+        env.reads.load(Ordering::SeqCst) > 0,
         "evicted views were read again from the store"
     );
 }
@@ -257,7 +240,7 @@ async fn a_failing_view_store_acknowledges_nothing_it_did_not_write() {
     let env = env();
     let (histories, feed) = jobs(&env.store, 3).await;
     let mut cache = ProjectorCache::default();
-    env.views.failing.store(true, Ordering::SeqCst);
+    env.failing.store(true, Ordering::SeqCst);
 
     let report = project_batch(&env.store, &env.views, &mut cache, &feed[..9]).await;
 
@@ -272,13 +255,13 @@ async fn a_failing_view_store_acknowledges_nothing_it_did_not_write() {
     assert!(cache.is_empty(), "no unwritten view stays cached");
     for history in &histories {
         assert_eq!(
-            env.views.inner.get(history[0].job_id).await.expect("get"),
+            env.views.inner().get(history[0].job_id).await.expect("get"),
             None
         );
     }
 
     // Delivered again once the store is back, the batch and the rest complete the views.
-    env.views.failing.store(false, Ordering::SeqCst);
+    env.failing.store(false, Ordering::SeqCst);
     for batch in [&feed[..9], &feed[9..]] {
         let report = project_batch(&env.store, &env.views, &mut cache, batch).await;
         assert!(report.is_complete(), "{:?}", report.error);
@@ -307,7 +290,7 @@ async fn an_event_the_ledger_does_not_hold_stops_the_batch_after_writing_what_ca
     assert!(error.is_retryable());
     assert_views_fold(&env.views, &[first[..3].to_vec()]).await;
     assert_eq!(
-        env.views.inner.get(other[0].job_id).await.expect("get"),
+        env.views.inner().get(other[0].job_id).await.expect("get"),
         None,
         "nothing after the failed event is written"
     );

@@ -15,9 +15,8 @@ use jobledger_events::spec::{Item, JobInput, JobSpec, Notify};
 use jobledger_events::store::EventStore;
 use jobledger_events::{JobId, JobKind, RecordedEvent, SqliteEventStore, Status};
 use jobledger_handlers::project::{ProjectError, Projected, project, project_one};
-use jobledger_projections::{
-    JobView, ListQuery, Page, SqliteViewStore, Stats, ViewError, ViewStore,
-};
+use jobledger_projections::testing::{ViewCall, WatchedViews};
+use jobledger_projections::{JobView, SqliteViewStore, ViewError, ViewStore};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -240,49 +239,18 @@ async fn an_undecodable_event_is_a_permanent_failure() {
     assert!(!error.is_retryable());
 }
 
-/// A view store whose `upsert` fails once, on its `fail_at`-th call.
-struct FlakyViews {
-    inner: SqliteViewStore,
-    calls: AtomicUsize,
-    fail_at: usize,
-}
-
-impl ViewStore for FlakyViews {
-    async fn upsert(&self, view: &JobView) -> Result<bool, ViewError> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
-            return Err(ViewError::backend(true, "throttled"));
-        }
-        self.inner.upsert(view).await
-    }
-    async fn get(&self, job_id: JobId) -> Result<Option<JobView>, ViewError> {
-        self.inner.get(job_id).await
-    }
-    async fn list(&self, q: &ListQuery) -> Result<Page, ViewError> {
-        self.inner.list(q).await
-    }
-    async fn scan(&self, after: Option<JobId>, limit: usize) -> Result<Vec<JobView>, ViewError> {
-        self.inner.scan(after, limit).await
-    }
-    async fn clear(&self) -> Result<(), ViewError> {
-        self.inner.clear().await
-    }
-    async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
-        self.inner.save_stats(stats).await
-    }
-    async fn load_stats(&self) -> Result<Option<Stats>, ViewError> {
-        self.inner.load_stats().await
-    }
-}
-
 #[tokio::test]
 async fn a_failed_write_stops_the_batch_and_redelivery_completes_it() {
     let env = new_env();
     let history = record_job(&env.store).await;
-    let views = FlakyViews {
-        inner: env.views.clone(),
-        calls: AtomicUsize::new(0),
-        fail_at: 3,
-    };
+    // The third upsert fails, once.
+    let calls = AtomicUsize::new(0);
+    let views = WatchedViews::new(env.views.clone(), move |call| match call {
+        ViewCall::Upsert(_) if calls.fetch_add(1, Ordering::SeqCst) + 1 == 3 => {
+            Err(ViewError::backend(true, "throttled"))
+        }
+        _ => Ok(()),
+    });
     let report = project(&env.store, &views, &history).await;
     assert_eq!(report.succeeded, 2);
     assert_eq!(report.failed_ids.len(), 3);

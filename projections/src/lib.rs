@@ -10,6 +10,8 @@ pub mod notify;
 pub mod sqlite;
 pub mod stats;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoJobViews;

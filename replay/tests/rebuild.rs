@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use jobledger_events::{JobId, RecordedEvent};
-use jobledger_projections::{
-    JobView, ListQuery, Page, SqliteViewStore, Stats, ViewError, ViewStore,
-};
+use jobledger_events::RecordedEvent;
+use jobledger_projections::testing::{ViewCall, WatchedViews};
+use jobledger_projections::{SqliteViewStore, Stats, ViewError, ViewStore};
 use jobledger_replay::format::ExportWriter;
 use jobledger_replay::synth::Synth;
 use jobledger_replay::views::{Projection, rebuild};
@@ -64,50 +63,6 @@ async fn a_live_read_model_without_saved_stats_has_no_differences_until_its_stat
     assert_eq!(dry.diff_count, 0);
 }
 
-/// A view store whose batch writes fail once they reach one job's view.
-#[derive(Clone)]
-struct FailingViews {
-    inner: SqliteViewStore,
-    poisoned: JobId,
-}
-
-impl ViewStore for FailingViews {
-    async fn upsert(&self, view: &JobView) -> Result<bool, ViewError> {
-        self.inner.upsert(view).await
-    }
-
-    async fn upsert_many(&self, views: &[JobView]) -> Result<usize, ViewError> {
-        if views.iter().any(|v| v.job_id == self.poisoned) {
-            return Err(ViewError::backend(false, "disk I/O error"));
-        }
-        self.inner.upsert_many(views).await
-    }
-
-    async fn get(&self, job_id: JobId) -> Result<Option<JobView>, ViewError> {
-        self.inner.get(job_id).await
-    }
-
-    async fn list(&self, q: &ListQuery) -> Result<Page, ViewError> {
-        self.inner.list(q).await
-    }
-
-    async fn scan(&self, after: Option<JobId>, limit: usize) -> Result<Vec<JobView>, ViewError> {
-        self.inner.scan(after, limit).await
-    }
-
-    async fn clear(&self) -> Result<(), ViewError> {
-        self.inner.clear().await
-    }
-
-    async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
-        self.inner.save_stats(stats).await
-    }
-
-    async fn load_stats(&self) -> Result<Option<Stats>, ViewError> {
-        self.inner.load_stats().await
-    }
-}
-
 #[tokio::test]
 async fn a_rebuild_whose_writes_fail_says_the_read_model_is_incomplete_and_keeps_saved_stats() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,10 +76,14 @@ async fn a_rebuild_whose_writes_fail_says_the_read_model_is_incomplete_and_keeps
     let live = views.all().await.unwrap();
     assert_eq!(live.len(), 3000);
 
-    let failing = FailingViews {
-        inner: views.clone(),
-        poisoned: live[1500].job_id,
-    };
+    // Batch writes fail once they reach one job's view.
+    let poisoned = live[1500].job_id;
+    let failing = WatchedViews::new(views.clone(), move |call| match call {
+        ViewCall::UpsertMany(batch) if batch.iter().any(|v| v.job_id == poisoned) => {
+            Err(ViewError::backend(false, "disk I/O error"))
+        }
+        _ => Ok(()),
+    });
     let err = rebuild(&src, &failing, Projection::Jobs, false, false)
         .await
         .unwrap_err();
