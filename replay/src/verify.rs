@@ -171,11 +171,35 @@ impl JobCheck {
     }
 }
 
+/// The jobs a verifier has closed by their pin (export files), kept to catch a job that appears
+/// again after its pin.
+enum Closed {
+    /// Every closed job (any order).
+    Kept(HashSet<JobId>),
+    /// Jobs expected in job id order (every file `export` writes): then a job seen again must
+    /// break that order, so each run of consecutive lines this verifier saw is enough: one entry
+    /// per run of whole jobs a reader thread takes (256 KiB), not one per job.
+    InOrder {
+        runs: Vec<Run>,
+        /// A job came out of order: this pass cannot tell a repeat, and must be run again in
+        /// `Kept` mode.
+        broken: bool,
+    },
+}
+
+/// Consecutive lines of a file, their first and last job.
+struct Run {
+    first_line: u64,
+    first: JobId,
+    last: JobId,
+}
+
 /// Streaming verifier: feed it entries in source order, then `finish`.
 pub struct Verifier {
     jobs: HashMap<JobId, JobCheck>,
-    /// Jobs already closed by their pin (export files).
-    closed: HashSet<JobId>,
+    closed: Closed,
+    /// The line of the item before (files).
+    prev_line: Option<u64>,
     current: Option<JobId>,
     pins: bool,
     grouped: bool,
@@ -188,13 +212,24 @@ impl Verifier {
     pub fn new(pins: bool, grouped: bool) -> Self {
         Verifier {
             jobs: HashMap::new(),
-            closed: HashSet::new(),
+            closed: Closed::Kept(HashSet::new()),
+            prev_line: None,
             current: None,
             pins,
             grouped,
             check_results: true,
             report: VerifyReport::default(),
         }
+    }
+
+    /// Expects jobs in job id order, keeping two ids instead of every closed job; a source out of
+    /// that order makes [`Verifier::finish_ordered_parts`] ask for a run without it.
+    pub fn expecting_job_id_order(mut self) -> Self {
+        self.closed = Closed::InOrder {
+            runs: Vec::new(),
+            broken: false,
+        };
+        self
     }
 
     /// Whether to hash reachable result files (on by default).
@@ -230,6 +265,10 @@ impl Verifier {
 
     /// Feeds one item.
     pub fn item(&mut self, item: Item<'_>) {
+        let pos = match &item {
+            Item::Event(e) => e.pos,
+            Item::Pin(_, pos) | Item::Unreadable { pos, .. } => *pos,
+        };
         match item {
             Item::Event(e) => self.event(e),
             Item::Pin(pin, pos) => self.pin(pin, pos),
@@ -240,6 +279,10 @@ impl Verifier {
                 reason,
             } => self.unreadable(pos, job_id, version, reason.to_string()),
         }
+        self.prev_line = match pos {
+            Pos::Line(n) => Some(n),
+            _ => None,
+        };
     }
 
     /// Makes `job_id` the open job of a grouped source, closing the previous one.
@@ -250,15 +293,38 @@ impl Verifier {
         if let Some(prev) = self.current.take() {
             self.close(prev, None, pos);
         }
-        if self.closed.contains(&job_id) {
-            self.find(
-                Some(job_id),
-                version,
-                rules::CONTIGUOUS,
-                "the job's events appear again after its pin".into(),
-                pos,
-            );
-            self.closed.remove(&job_id);
+        match &mut self.closed {
+            Closed::Kept(ids) => {
+                if ids.remove(&job_id) {
+                    self.find(
+                        Some(job_id),
+                        version,
+                        rules::CONTIGUOUS,
+                        "the job's events appear again after its pin".into(),
+                        pos,
+                    );
+                }
+            }
+            Closed::InOrder { runs, broken } => {
+                let line = match pos {
+                    Pos::Line(n) => Some(n),
+                    _ => None,
+                };
+                let continues = line.is_some() && line == self.prev_line.map(|p| p + 1);
+                if runs.last().is_some_and(|r| job_id <= r.last) {
+                    *broken = true;
+                }
+                match (runs.last_mut(), line) {
+                    (Some(run), _) if continues => run.last = job_id,
+                    (_, Some(first_line)) => runs.push(Run {
+                        first_line,
+                        first: job_id,
+                        last: job_id,
+                    }),
+                    // Not a file: no lines to order runs by.
+                    (_, None) => *broken = true,
+                }
+            }
         }
         self.current = Some(job_id);
     }
@@ -351,7 +417,13 @@ impl Verifier {
         };
         // Only an export file can repeat a job after its pin; a store's keys cannot.
         if self.pins {
-            self.closed.insert(job_id);
+            match &mut self.closed {
+                Closed::Kept(ids) => {
+                    ids.insert(job_id);
+                }
+                // Checked when the job started.
+                Closed::InOrder { .. } => {}
+            }
         }
         self.end_of_job(&check, pos);
         if self.pins {
@@ -400,7 +472,7 @@ impl Verifier {
     }
 
     /// Ends the stream; also returns the jobs closed by their pin (export files).
-    fn finish_keeping_jobs(mut self) -> (VerifyReport, HashSet<JobId>) {
+    fn finish_keeping_jobs(mut self) -> (VerifyReport, Closed) {
         if let Some(current) = self.current.take() {
             self.close(current, None, Pos::None);
         }
@@ -415,16 +487,63 @@ impl Verifier {
     /// Ends the streams of the parts of one split scan and merges their reports: a job found in
     /// two parts breaks `job contiguity`; findings come in source order.
     pub fn finish_parts(parts: Vec<Verifier>) -> VerifyReport {
-        let mut report = VerifyReport::default();
+        Self::merge_parts(parts).unwrap_or_else(Self::merge_kept)
+    }
+
+    /// [`Verifier::finish_parts`] of parts made with [`Verifier::expecting_job_id_order`]:
+    /// `None` when the source was not in job id order after all (run again without it).
+    pub fn finish_ordered_parts(parts: Vec<Verifier>) -> Option<VerifyReport> {
+        Self::merge_parts(parts).ok()
+    }
+
+    /// Merges parts whose jobs were in job id order, within and across parts; gives the finished
+    /// parts back otherwise.
+    fn merge_parts(parts: Vec<Verifier>) -> Result<VerifyReport, Vec<(VerifyReport, Closed)>> {
+        let finished: Vec<(VerifyReport, Closed)> = parts
+            .into_iter()
+            .map(Verifier::finish_keeping_jobs)
+            .collect();
+        let mut runs = Vec::new();
+        for (_, closed) in &finished {
+            match closed {
+                Closed::InOrder {
+                    runs: part,
+                    broken: false,
+                } => runs.extend(part.iter().map(|r| (r.first_line, r.first, r.last))),
+                _ => return Err(finished),
+            }
+        }
+        // The parts took runs of the file in turn: in file order, each run's jobs follow the last
+        // job of the run before.
+        runs.sort_unstable_by_key(|r| r.0);
+        if runs.windows(2).any(|w| w[1].1 <= w[0].2) {
+            return Err(finished);
+        }
+        Ok(Self::merge_reports(finished, Vec::new()))
+    }
+
+    /// Merges parts that kept every closed job: a job closed in two parts is a finding.
+    fn merge_kept(finished: Vec<(VerifyReport, Closed)>) -> VerifyReport {
         let mut seen: HashSet<JobId> = HashSet::new();
         let mut repeated = Vec::new();
-        for part in parts {
-            let (r, closed) = part.finish_keeping_jobs();
-            for id in closed {
-                if !seen.insert(id) {
-                    repeated.push(id);
+        for (_, closed) in &finished {
+            if let Closed::Kept(ids) = closed {
+                for id in ids {
+                    if !seen.insert(*id) {
+                        repeated.push(*id);
+                    }
                 }
             }
+        }
+        Self::merge_reports(finished, repeated)
+    }
+
+    fn merge_reports(
+        finished: Vec<(VerifyReport, Closed)>,
+        mut repeated: Vec<JobId>,
+    ) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        for (r, _) in finished {
             report.events += r.events;
             report.jobs += r.jobs;
             report.total_findings += r.total_findings;
@@ -854,17 +973,33 @@ pub async fn verify_source<S: crate::source::HistorySource>(
         }
         None => {
             let (pins, grouped) = (src.has_pins(), src.grouped());
-            let parts = crate::drive::drive_parts(
-                src,
-                true,
-                show,
-                "verify",
-                crate::drive::default_parts(),
-                || Verifier::new(pins, grouped),
-                |v, item| v.item(item),
-            )
-            .await?;
-            Ok(Verifier::finish_parts(parts))
+            let verify_all = |ordered: bool| {
+                crate::drive::drive_parts(
+                    src,
+                    true,
+                    show,
+                    "verify",
+                    crate::drive::default_parts(),
+                    move || {
+                        let v = Verifier::new(pins, grouped);
+                        if ordered {
+                            v.expecting_job_id_order()
+                        } else {
+                            v
+                        }
+                    },
+                    |v, item| v.item(item),
+                )
+            };
+            // Files whose jobs come in job id order (every export) are checked in flat memory;
+            // a file in another order is read again, keeping every job it closes.
+            if pins && grouped {
+                let parts = verify_all(true).await?;
+                if let Some(report) = Verifier::finish_ordered_parts(parts) {
+                    return Ok(report);
+                }
+            }
+            Ok(Verifier::finish_parts(verify_all(false).await?))
         }
     }
 }
