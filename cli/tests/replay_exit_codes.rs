@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use jobledger_replay::ExportWriter;
+use jobledger_replay::format::write_export;
 use jobledger_replay::synth::Synth;
 
 /// Runs `jobledger replay --data-dir DIR ARGS`; returns the exit code and stderr.
@@ -26,12 +26,7 @@ fn replay_exits_0_when_clean_1_on_findings_and_2_when_it_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = dir.path().join("export.jsonl");
-    let mut synth = Synth::new(3);
-    let mut w = ExportWriter::create(&file).unwrap();
-    for _ in 0..6 {
-        w.write_job(&synth.job()).unwrap();
-    }
-    w.finish().unwrap();
+    write_export(&file, &Synth::new(3).jobs(6)).unwrap();
     let path = |p: &Path| p.to_str().unwrap().to_string();
 
     assert_eq!(replay(&data, &["import", &path(&file)]).0, 0);

@@ -470,6 +470,15 @@ impl ExportWriter {
     }
 }
 
+/// Writes whole histories to a new export file at `path` (compressed when it ends in `.zst`).
+pub fn write_export(path: &Path, jobs: &[Vec<RecordedEvent>]) -> io::Result<()> {
+    let mut w = ExportWriter::create(path)?;
+    for job in jobs {
+        w.write_job(job)?;
+    }
+    w.finish()
+}
+
 /// Reads a whole (decompressed) file; for tests and small files.
 pub fn read_all(path: &Path) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();

@@ -75,6 +75,11 @@ impl Synth {
         )
     }
 
+    /// The next `n` jobs' histories.
+    pub fn jobs(&mut self, n: usize) -> Vec<Vec<RecordedEvent>> {
+        (0..n).map(|_| self.job()).collect()
+    }
+
     /// The next job's whole history (about ten events on average).
     pub fn job(&mut self) -> Vec<RecordedEvent> {
         let mut now = self.start + Duration::seconds(self.n as i64);

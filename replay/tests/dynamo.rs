@@ -51,8 +51,7 @@ async fn a_history_over_one_megabyte_in_dynamodb_is_verified_and_its_views_rebui
         .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()))
         .sum();
     assert!(bytes > 1 << 20, "the history is only {bytes} bytes");
-    let mut synth = Synth::new(21);
-    let jobs: Vec<Vec<RecordedEvent>> = (0..20).map(|_| synth.job()).collect();
+    let jobs = Synth::new(21).jobs(20);
     let mut all: Vec<RecordedEvent> = jobs.iter().flatten().cloned().collect();
     all.extend(long.iter().cloned());
     seed_events(&dynamo, &table, &all).await;
@@ -111,8 +110,7 @@ async fn a_history_over_one_megabyte_in_dynamodb_is_verified_and_its_views_rebui
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_read_model_is_rebuilt_from_the_dynamodb_ledger_by_the_command_line() {
     let (Moto { dynamo, .. }, table) = events_table().await;
-    let mut synth = Synth::new(31);
-    let jobs: Vec<Vec<RecordedEvent>> = (0..15).map(|_| synth.job()).collect();
+    let jobs = Synth::new(31).jobs(15);
     seed_events(&dynamo, &table, &jobs.concat()).await;
     let views = DynamoJobViews::new(dynamo.clone(), moto::unique("jobs"));
     views.create_table().await.expect("jobs table");
@@ -181,8 +179,7 @@ async fn the_aws_read_model_is_rebuilt_from_the_dynamodb_ledger_by_the_command_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_deleted_item_in_dynamodb_is_caught_and_named() {
     let (Moto { dynamo, s3, .. }, table) = events_table().await;
-    let mut synth = Synth::new(8);
-    let jobs: Vec<Vec<RecordedEvent>> = (0..12).map(|_| synth.job()).collect();
+    let jobs = Synth::new(8).jobs(12);
     seed_events(&dynamo, &table, &jobs.concat()).await;
     let src = DynamoSource::new(dynamo.clone(), s3, &table, 2);
     assert!(verify_source(&src, None, false).await.expect("verify").ok());

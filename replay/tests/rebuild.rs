@@ -4,27 +4,17 @@
 
 use std::path::Path;
 
-use jobledger_events::RecordedEvent;
 use jobledger_projections::testing::{ViewCall, WatchedViews};
 use jobledger_projections::{SqliteViewStore, Stats, ViewError, ViewStore};
-use jobledger_replay::format::ExportWriter;
+use jobledger_replay::format::write_export;
 use jobledger_replay::synth::Synth;
 use jobledger_replay::views::{Projection, rebuild};
 use jobledger_replay::{FileSource, SqliteSource};
 
-fn generate(jobs: usize, seed: u64) -> Vec<Vec<RecordedEvent>> {
-    let mut synth = Synth::new(seed);
-    (0..jobs).map(|_| synth.job()).collect()
-}
-
 /// A ledger of `jobs` generated jobs at `dir/ledger.sqlite3`.
 async fn ledger(dir: &Path, jobs: usize) -> SqliteSource {
     let file = dir.join("export.jsonl");
-    let mut w = ExportWriter::create(&file).unwrap();
-    for j in generate(jobs, 11) {
-        w.write_job(&j).unwrap();
-    }
-    w.finish().unwrap();
+    write_export(&file, &Synth::new(11).jobs(jobs)).unwrap();
     jobledger_replay::transfer::import(&file, &dir.join("ledger.sqlite3"), false, false)
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use jobledger_events::chain::compute_hash;
 use jobledger_events::{ChangeFeed, Hash, RecordedEvent, SqliteEventStore};
 use jobledger_projections::{JobView, SqliteViewStore, Stats, ViewStore};
-use jobledger_replay::format::{ExportWriter, read_all};
+use jobledger_replay::format::{read_all, write_export};
 use jobledger_replay::synth::{Rng, Synth};
 use jobledger_replay::verify::rules;
 use jobledger_replay::views::{Projection, rebuild};
@@ -20,15 +20,11 @@ use jobledger_replay::{
 fn generate(jobs: usize, seed: u64, results: Option<&Path>) -> Vec<Vec<RecordedEvent>> {
     let mut synth = Synth::new(seed);
     synth.results_dir = results.map(Path::to_path_buf);
-    (0..jobs).map(|_| synth.job()).collect()
+    synth.jobs(jobs)
 }
 
 fn write_file(path: &Path, jobs: &[Vec<RecordedEvent>]) {
-    let mut w = ExportWriter::create(path).unwrap();
-    for j in jobs {
-        w.write_job(j).unwrap();
-    }
-    w.finish().unwrap();
+    write_export(path, jobs).unwrap();
 }
 
 async fn verify_file(path: &Path) -> VerifyReport {

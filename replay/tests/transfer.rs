@@ -4,24 +4,11 @@
 
 use std::path::Path;
 
-use jobledger_events::{EventStore, RecordedEvent, SqliteEventStore};
-use jobledger_replay::format::ExportWriter;
+use jobledger_events::{EventStore, SqliteEventStore};
+use jobledger_replay::format::write_export;
 use jobledger_replay::synth::Synth;
 use jobledger_replay::transfer::{ImportRefused, export, import};
 use jobledger_replay::{FileSource, SqliteSource, verify_source};
-
-fn generate(jobs: usize, seed: u64) -> Vec<Vec<RecordedEvent>> {
-    let mut synth = Synth::new(seed);
-    (0..jobs).map(|_| synth.job()).collect()
-}
-
-fn write_file(path: &Path, jobs: &[Vec<RecordedEvent>]) {
-    let mut w = ExportWriter::create(path).unwrap();
-    for j in jobs {
-        w.write_job(j).unwrap();
-    }
-    w.finish().unwrap();
-}
 
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -37,7 +24,7 @@ fn names(dir: &Path) -> Vec<String> {
 async fn an_export_that_fails_leaves_the_old_file_as_it_was_and_nothing_partial() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.jsonl");
-    write_file(&good, &generate(40, 3));
+    write_export(&good, &Synth::new(3).jobs(40)).unwrap();
     // A source with an unreadable line two thirds in: export stops there.
     let text = std::fs::read_to_string(&good).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
@@ -74,7 +61,7 @@ async fn an_export_that_fails_leaves_the_old_file_as_it_was_and_nothing_partial(
 async fn export_refuses_to_write_over_a_database() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.jsonl");
-    write_file(&file, &generate(5, 4));
+    write_export(&file, &Synth::new(4).jobs(5)).unwrap();
     let ledger = dir.path().join("ledger.sqlite3");
     import(&file, &ledger, false, false).await.unwrap();
     let before = std::fs::read(&ledger).unwrap();
@@ -89,7 +76,7 @@ async fn export_refuses_to_write_over_a_database() {
 async fn import_refuses_a_ledger_with_events_before_reading_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.jsonl");
-    write_file(&file, &generate(5, 5));
+    write_export(&file, &Synth::new(5).jobs(5)).unwrap();
     let ledger = dir.path().join("ledger.sqlite3");
     import(&file, &ledger, false, false).await.unwrap();
     let before = std::fs::read(&ledger).unwrap();
@@ -117,9 +104,9 @@ async fn import_refuses_a_ledger_with_events_before_reading_the_file() {
 #[tokio::test]
 async fn an_import_that_fails_half_way_leaves_no_ledger_and_can_be_run_again() {
     let dir = tempfile::tempdir().unwrap();
-    let jobs = generate(30, 6);
+    let jobs = Synth::new(6).jobs(30);
     let good = dir.path().join("good.jsonl");
-    write_file(&good, &jobs);
+    write_export(&good, &jobs).unwrap();
     // Job 0 again at the end: its events conflict with the ones already appended. Verification
     // catches it; forced past verification, the append fails after most jobs are in.
     let text = std::fs::read_to_string(&good).unwrap();
@@ -153,12 +140,12 @@ async fn an_import_that_fails_half_way_leaves_no_ledger_and_can_be_run_again() {
 async fn an_empty_ledger_is_replaced_only_when_nobody_has_it_open() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.jsonl");
-    write_file(&file, &generate(8, 7));
+    write_export(&file, &Synth::new(7).jobs(8)).unwrap();
     let ledger = dir.path().join("ledger.sqlite3");
     // An empty ledger, as a first `jobledger dev` leaves it, still open.
     let open = SqliteEventStore::open(&ledger).unwrap();
     assert!(
-        open.load(generate(1, 8)[0][0].job_id)
+        open.load(Synth::new(8).jobs(1)[0][0].job_id)
             .await
             .unwrap()
             .is_empty()

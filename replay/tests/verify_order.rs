@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use jobledger_events::RecordedEvent;
-use jobledger_replay::format::{Entry, ExportWriter, Pin, Pos, sourced};
+use jobledger_replay::format::{Entry, Pin, Pos, sourced, write_export};
 use jobledger_replay::synth::Synth;
 use jobledger_replay::verify::rules;
 use jobledger_replay::{FileSource, Verifier, VerifyReport, verify_source};
@@ -14,14 +14,10 @@ use jobledger_replay::{FileSource, Verifier, VerifyReport, verify_source};
 /// Each job's lines (its events, then its pin) of a generated export, in job id order.
 fn job_groups(dir: &Path, jobs: usize) -> Vec<Vec<String>> {
     let mut synth = Synth::new(17);
-    let mut histories: Vec<Vec<RecordedEvent>> = (0..jobs).map(|_| synth.job()).collect();
+    let mut histories = synth.jobs(jobs);
     histories.sort_by_key(|h| h[0].job_id);
     let file = dir.join("sorted.jsonl");
-    let mut w = ExportWriter::create(&file).unwrap();
-    for h in &histories {
-        w.write_job(h).unwrap();
-    }
-    w.finish().unwrap();
+    write_export(&file, &histories).unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
     let mut lines = text.lines().map(str::to_string);
     histories
@@ -106,7 +102,7 @@ fn feed(v: &mut Verifier, jobs: &[Vec<RecordedEvent>], first_line: u64) {
 #[test]
 fn parts_in_job_id_order_merge_and_a_run_out_of_order_asks_for_a_second_pass() {
     let mut synth = Synth::new(23);
-    let mut jobs: Vec<Vec<RecordedEvent>> = (0..6).map(|_| synth.job()).collect();
+    let mut jobs = synth.jobs(6);
     jobs.sort_by_key(|h| h[0].job_id);
     let lines = |n: usize| jobs[..n].iter().map(|h| h.len() as u64 + 1).sum::<u64>();
     let ordered = || {
