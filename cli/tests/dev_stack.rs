@@ -80,6 +80,17 @@ impl DevServer {
         )
     }
 
+    /// A command on one job (`cancel`, `retry`) with the key; the status and the answer.
+    async fn command(&self, id: &str, command: &str, body: Option<&[u8]>) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/jobs/{id}/{command}"),
+            Some(KEY),
+            body.map(<[u8]>::to_vec),
+        )
+        .await
+    }
+
     async fn submit(&self, body: &Value) -> String {
         let (status, resp) = self
             .call(
@@ -378,14 +389,7 @@ async fn bad_requests_get_their_status_and_append_nothing() {
     let id = server.submit(&good).await;
     server.wait_finished(&id, Duration::from_secs(30)).await;
     let before = server.events(&id).await.len();
-    let (s, body) = server
-        .call(
-            reqwest::Method::POST,
-            &format!("/jobs/{id}/cancel"),
-            Some(KEY),
-            Some(b"{}".to_vec()),
-        )
-        .await;
+    let (s, body) = server.command(&id, "cancel", Some(b"{}")).await;
     assert_eq!(s, 409, "{body}");
     assert_eq!(server.events(&id).await.len(), before);
     let (s, _) = server
@@ -412,12 +416,7 @@ async fn a_running_job_is_cancelled_when_its_worker_next_reports() {
         })
         .await;
     let (s, body) = server
-        .call(
-            reqwest::Method::POST,
-            &format!("/jobs/{id}/cancel"),
-            Some(KEY),
-            Some(br#"{"reason":"e2e"}"#.to_vec()),
-        )
+        .command(&id, "cancel", Some(br#"{"reason":"e2e"}"#))
         .await;
     assert_eq!(s, 202, "{body}");
     let view = server.wait_finished(&id, Duration::from_secs(60)).await;
@@ -623,15 +622,8 @@ async fn after_a_long_random_run_of_the_dev_stack_rebuild_gives_back_the_live_re
         ids.push(id);
     }
     let cancelled = server.submit(&noop(5)).await;
-    let (s, _) = server
-        .call(
-            reqwest::Method::POST,
-            &format!("/jobs/{cancelled}/cancel"),
-            Some(KEY),
-            None,
-        )
-        .await;
-    assert!(s == 202 || s == 409, "{s}");
+    let (s, body) = server.command(&cancelled, "cancel", None).await;
+    assert!(s == 202 || s == 409, "{s} {body}");
     ids.push(cancelled);
     ids.push(
         server
@@ -655,29 +647,16 @@ async fn after_a_long_random_run_of_the_dev_stack_rebuild_gives_back_the_live_re
                         .await,
                 );
             }
-            11..=13 => {
+            11..=16 => {
                 let id = &ids[rng.below(ids.len() as u64) as usize];
-                let (s, body) = server
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("/jobs/{id}/cancel"),
-                        Some(KEY),
-                        Some(br#"{"reason":"random"}"#.to_vec()),
-                    )
-                    .await;
-                assert!(s == 202 || s == 409, "cancel {id}: {s} {body}");
-            }
-            14..=16 => {
-                let id = &ids[rng.below(ids.len() as u64) as usize];
-                let (s, body) = server
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("/jobs/{id}/retry"),
-                        Some(KEY),
-                        None,
-                    )
-                    .await;
-                assert!(s == 202 || s == 409, "retry {id}: {s} {body}");
+                let (command, body) = if rng.below(2) == 0 {
+                    ("cancel", Some(&br#"{"reason":"random"}"#[..]))
+                } else {
+                    ("retry", None)
+                };
+                let (s, answer) = server.command(id, command, body).await;
+                // 409: the job is not in a state that takes the command (finished, or not failed).
+                assert!(s == 202 || s == 409, "{command} {id}: {s} {answer}");
             }
             _ => {
                 let id = ids[rng.below(ids.len() as u64) as usize].clone();
