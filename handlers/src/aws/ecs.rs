@@ -23,7 +23,7 @@ use crate::ports::{LaunchError, LaunchResult, TaskLauncher};
 pub struct EcsConfig {
     /// Cluster name or ARN.
     pub cluster: String,
-    /// Task definition family[:revision] or ARN.
+    /// Task definition `family[:revision]` or ARN.
     pub task_definition: String,
     /// The container that runs the worker (receives `JOB_ID` and `ATTEMPT`).
     pub container_name: String,
