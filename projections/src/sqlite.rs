@@ -425,6 +425,29 @@ impl ViewStore for SqliteViewStore {
         .await
     }
 
+    /// `synchronous=NORMAL` on this store's writer connection: commits no longer wait for an
+    /// fsync of the WAL (3 ms each on the development VM, 0.4 s of a 1 M-event rebuild), which is
+    /// still synced at every checkpoint, so the file stays consistent; a power cut can only lose
+    /// the last batches. Other connections to the file (a running `jobledger dev`) keep FULL.
+    async fn start_bulk_write(&self) -> Result<(), ViewError> {
+        self.write(|conn| {
+            conn.execute_batch("PRAGMA synchronous=NORMAL")
+                .map_err(backend)
+        })
+        .await
+    }
+
+    /// Back to FULL, then a checkpoint, which syncs the WAL (every commit so far) first.
+    async fn finish_bulk_write(&self) -> Result<(), ViewError> {
+        self.write(|conn| {
+            conn.execute_batch("PRAGMA synchronous=FULL")
+                .map_err(backend)?;
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(backend)
+        })
+        .await
+    }
+
     async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
         let json = serde_json::to_string(stats).map_err(|e| ViewError::backend(false, e))?;
         self.write(move |conn| {
@@ -454,5 +477,38 @@ impl ViewStore for SqliteViewStore {
             .transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &SqliteViewStore) -> i64 {
+        let conn = store.inner.writer.lock().unwrap();
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bulk_write_stops_waiting_for_the_disk_and_ends_durable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
+        // Another connection to the same file, as a running `jobledger dev` would hold.
+        let live = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
+        const FULL: i64 = 2;
+        const NORMAL: i64 = 1;
+        assert_eq!(synchronous(&store), FULL);
+        store.start_bulk_write().await.unwrap();
+        assert_eq!(synchronous(&store), NORMAL);
+        assert_eq!(
+            synchronous(&live),
+            FULL,
+            "only the rebuild's own connection"
+        );
+        store.clear().await.unwrap();
+        store.finish_bulk_write().await.unwrap();
+        assert_eq!(synchronous(&store), FULL);
     }
 }

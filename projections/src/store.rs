@@ -135,6 +135,19 @@ pub trait ViewStore: Send + Sync {
     /// Removes every view and the saved stats (before a rebuild from the ledger).
     fn clear(&self) -> impl Future<Output = Result<(), ViewError>> + Send;
 
+    /// Before a rebuild writes every view: the store may stop waiting for the disk at each of
+    /// its commits until [`ViewStore::finish_bulk_write`] (a rebuild that stops part-way is run
+    /// again anyway, and the live projector never calls this).
+    fn start_bulk_write(&self) -> impl Future<Output = Result<(), ViewError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// After a rebuild's writes: everything written so far is on disk, and commits wait for the
+    /// disk again.
+    fn finish_bulk_write(&self) -> impl Future<Output = Result<(), ViewError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Saves the latest stats, replacing earlier ones.
     fn save_stats(&self, stats: &Stats) -> impl Future<Output = Result<(), ViewError>> + Send;
 

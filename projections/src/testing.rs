@@ -74,6 +74,14 @@ impl<V: ViewStore> ViewStore for WatchedViews<V> {
         self.inner.clear().await
     }
 
+    async fn start_bulk_write(&self) -> Result<(), ViewError> {
+        self.inner.start_bulk_write().await
+    }
+
+    async fn finish_bulk_write(&self) -> Result<(), ViewError> {
+        self.inner.finish_bulk_write().await
+    }
+
     async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
         self.inner.save_stats(stats).await
     }

@@ -431,6 +431,7 @@ where
             // at once, so a rebuild that fails later does not lose them.
             views.save_stats(previous).await?;
         }
+        views.start_bulk_write().await?;
     }
     let ordered = dry_run && src.sorted();
     let (tx, rx) = mpsc::channel::<Vec<JobView>>(1);
@@ -464,6 +465,12 @@ where
     })
     .await;
     drop(tx);
+    // Every view written is on disk again before anything else can return.
+    let finished = if !dry_run && write_jobs {
+        views.finish_bulk_write().await
+    } else {
+        Ok(())
+    };
     let mut consumed = comparer.await??;
     let (fold, parts) = folded?;
     let mut stats = Vec::with_capacity(parts.len());
@@ -480,6 +487,7 @@ where
             consumed.written, fold.jobs
         )));
     }
+    finished?;
     let stats = merge_stats(Period::ALL, stats);
     let mut report = RebuildReport {
         fold,
