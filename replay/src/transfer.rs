@@ -281,8 +281,8 @@ pub async fn import(
     force: bool,
     show: bool,
 ) -> anyhow::Result<TransferSummary> {
-    let src = FileSource::open(file)?;
     let replaces = check_target(ledger)?;
+    let src = FileSource::open(file)?;
     if !force {
         let report = verify_source(&src, None, show).await?;
         if !report.ok() {

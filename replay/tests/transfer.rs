@@ -80,15 +80,17 @@ async fn import_refuses_a_ledger_with_events_before_reading_the_file() {
     let ledger = dir.path().join("ledger.sqlite3");
     import(&file, &ledger, false, false).await.unwrap();
     let before = std::fs::read(&ledger).unwrap();
-    // The file is not even read: a missing one gives the same refusal.
+    // The file is not even opened: a garbage one and a missing one get the same refusal.
     std::fs::write(dir.path().join("other.jsonl"), "garbage\n").unwrap();
-    let err = import(&dir.path().join("other.jsonl"), &ledger, false, false)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err.downcast_ref(), Some(ImportRefused::NotEmpty(_))),
-        "{err:#}"
-    );
+    for file in ["other.jsonl", "missing.jsonl"] {
+        let err = import(&dir.path().join(file), &ledger, false, false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(ImportRefused::NotEmpty(_))),
+            "{file}: {err:#}"
+        );
+    }
     assert_eq!(std::fs::read(&ledger).unwrap(), before);
 
     // Something that is not a ledger is named, not overwritten.
