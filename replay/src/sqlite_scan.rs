@@ -53,7 +53,19 @@ pub fn extent(path: &Path) -> Result<u64, SourceError> {
 
 /// Checks that `path` holds a jobledger ledger (the `events` table), without writing to it.
 pub fn check_ledger(path: &Path) -> Result<(), SourceError> {
+    check_schema(&open(path)?, path)
+}
+
+/// Whether the jobledger ledger at `path` holds any event (an error names a file that is not a
+/// ledger); never writes to it.
+pub fn holds_events(path: &Path) -> Result<bool, SourceError> {
     let conn = open(path)?;
+    check_schema(&conn, path)?;
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+        .map_err(|e| unavailable(path, e))
+}
+
+fn check_schema(conn: &Connection, path: &Path) -> Result<(), SourceError> {
     // Preparing reads the schema: it fails when the file is not a database or has no events.
     conn.prepare(&format!(
         "SELECT {EVENT_ROW_COLUMNS}, job_id, seq FROM events LIMIT 0"

@@ -216,13 +216,7 @@ fn check_target(ledger: &Path) -> anyhow::Result<bool> {
     if !ledger.exists() {
         return Ok(false);
     }
-    let conn =
-        rusqlite::Connection::open_with_flags(ledger, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("opening {}", ledger.display()))?;
-    let held: bool = conn
-        .query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
-        .with_context(|| format!("{} is not a jobledger ledger", ledger.display()))?;
-    if held {
+    if crate::sqlite_scan::holds_events(ledger)? {
         return Err(ImportRefused::NotEmpty(ledger.display().to_string()).into());
     }
     Ok(true)

@@ -423,8 +423,9 @@ where
 {
     let write_jobs = matches!(projection, Projection::Jobs | Projection::All);
     let write_stats = matches!(projection, Projection::Stats | Projection::All);
+    let writes_views = write_jobs && !dry_run;
     let previous_stats = views.load_stats().await?;
-    if !dry_run && write_jobs {
+    if writes_views {
         views.clear().await?;
         if let (false, Some(previous)) = (write_stats, &previous_stats) {
             // `clear` dropped the saved stats too; a jobs-only rebuild puts them back untouched,
@@ -446,7 +447,7 @@ where
         Ok::<_, anyhow::Error>(out)
     });
     // A writing part waits while the store writes its batch: one part more keeps every core folding.
-    let parts = match (ordered, write_jobs && !dry_run) {
+    let parts = match (ordered, writes_views) {
         (true, _) => 1,
         (false, true) => default_parts() + 1,
         (false, false) => default_parts(),
@@ -466,7 +467,7 @@ where
     .await;
     drop(tx);
     // Every view written is on disk again before anything else can return.
-    let finished = if !dry_run && write_jobs {
+    let finished = if writes_views {
         views.finish_bulk_write().await
     } else {
         Ok(())
