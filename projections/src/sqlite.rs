@@ -64,6 +64,10 @@ struct Inner {
 struct Checkpointer {
     wake: SyncSender<()>,
     wal_long: Arc<AtomicBool>,
+    /// Held by the thread while it checkpoints. SQLite runs one checkpoint at a time and turns a
+    /// second away at once, so the one that must not fail (see [`durable_checkpoint`]) waits for
+    /// the thread's to end instead of racing it.
+    running: Arc<Mutex<()>>,
 }
 
 /// WAL size past which the writer checkpoints itself.
@@ -93,11 +97,17 @@ impl Checkpointer {
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let wal_long = Arc::new(AtomicBool::new(false));
         let long = Arc::clone(&wal_long);
+        let running = Arc::new(Mutex::new(()));
+        let turn = Arc::clone(&running);
         std::thread::Builder::new()
             .name("views-checkpoint".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
-                    match checkpoint(&conn) {
+                    // A poisoned lock only means a panic elsewhere: checkpointing stays safe.
+                    let guard = turn.lock().unwrap_or_else(|e| e.into_inner());
+                    let done = checkpoint(&conn);
+                    drop(guard);
+                    match done {
                         Ok(frames) => long.store(frames >= frames_limit, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e,
                             "view store checkpoint failed; the next commit retries"),
@@ -107,7 +117,11 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| ViewError::backend(false, e))?;
-        Ok(Checkpointer { wake, wal_long })
+        Ok(Checkpointer {
+            wake,
+            wal_long,
+            running,
+        })
     }
 
     /// Asks for a checkpoint after a commit. Should the thread be gone, the writer checkpoints
@@ -127,6 +141,39 @@ impl Checkpointer {
 fn checkpoint(conn: &Connection) -> Result<i64, ViewError> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
         .map_err(backend)
+}
+
+/// How long [`durable_checkpoint`] waits between tries.
+const DURABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A checkpoint that leaves every commit so far durable, or fails: it syncs the WAL before
+/// copying it back, then the database file once it has copied every frame. A passive checkpoint
+/// answers "busy" when another process's checkpoint runs, and stops short of the frames an open
+/// read still uses, yet reports success either way; so this one tries again until all frames are
+/// copied, for up to `wait`.
+fn durable_checkpoint(conn: &Connection, wait: std::time::Duration) -> Result<(), ViewError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let (busy, frames, copied): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(backend)?;
+        if busy == 0 && frames == copied {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ViewError::backend(
+                true,
+                format!(
+                    "the view store's last writes are not yet on disk: after {wait:?}, its \
+                     checkpoint had copied {copied} of {frames} WAL frame(s) (busy: {})",
+                    busy != 0
+                ),
+            ));
+        }
+        std::thread::sleep(DURABLE_RETRY);
+    }
 }
 
 fn backend(e: rusqlite::Error) -> ViewError {
@@ -437,13 +484,17 @@ impl ViewStore for SqliteViewStore {
         .await
     }
 
-    /// Back to FULL, then a checkpoint, which syncs the WAL (every commit so far) first.
+    /// Back to FULL, then a [`durable_checkpoint`] (every commit so far on disk), after any
+    /// checkpoint of the thread.
     async fn finish_bulk_write(&self) -> Result<(), ViewError> {
-        self.write(|conn| {
+        let running = Arc::clone(&self.inner.checkpoints.running);
+        self.write(move |conn| {
             conn.execute_batch("PRAGMA synchronous=FULL")
                 .map_err(backend)?;
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                .map_err(backend)
+            let _turn = running
+                .lock()
+                .map_err(|_| ViewError::backend(false, "view store checkpoint mutex poisoned"))?;
+            durable_checkpoint(conn, std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
         })
         .await
     }
@@ -510,5 +561,89 @@ mod tests {
         store.clear().await.unwrap();
         store.finish_bulk_write().await.unwrap();
         assert_eq!(synchronous(&store), FULL);
+    }
+
+    fn view() -> JobView {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/succeeded_first_attempt.jsonl");
+        let events: Vec<jobledger_events::RecordedEvent> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut view = JobView::fold(&events).unwrap().unwrap();
+        view.job_id = JobId::new();
+        view
+    }
+
+    /// (frames in the WAL, frames copied back), as a passive checkpoint reports them.
+    fn wal_frames(path: &Path) -> (i64, i64) {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn finishing_a_bulk_write_waits_for_the_threads_checkpoint_then_copies_every_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("views.sqlite");
+        let store = SqliteViewStore::open(&path).unwrap();
+        store.start_bulk_write().await.unwrap();
+        let views: Vec<JobView> = (0..50).map(|_| view()).collect();
+        store.upsert_many(&views).await.unwrap();
+        // As if the thread were checkpointing: SQLite would turn a second checkpoint away.
+        let running = Arc::clone(&store.inner.checkpoints.running);
+        let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
+        let checkpointing = std::thread::spawn(move || {
+            let _turn = running.lock().unwrap();
+            locked.0.send(()).unwrap();
+            release.1.recv().unwrap();
+        });
+        locked.1.recv().unwrap();
+        let finishing = tokio::spawn({
+            let store = store.clone();
+            async move { store.finish_bulk_write().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!finishing.is_finished(), "it waits for the thread's turn");
+        release.0.send(()).unwrap();
+        checkpointing.join().unwrap();
+        finishing.await.unwrap().unwrap();
+        let (frames, copied) = wal_frames(&path);
+        assert!(frames > 0);
+        assert_eq!(copied, frames, "every frame is in the database file");
+    }
+
+    #[tokio::test]
+    async fn a_durable_checkpoint_waits_for_an_open_read_and_says_so_when_it_never_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("views.sqlite");
+        let store = SqliteViewStore::open(&path).unwrap();
+        store.upsert(&view()).await.unwrap();
+        // A read that keeps an older snapshot: the frames written after it cannot be copied back.
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM jobs;")
+            .unwrap();
+        store.upsert_many(&[view(), view()]).await.unwrap();
+
+        let writer = Connection::open(&path).unwrap();
+        let short = std::time::Duration::from_millis(100);
+        let err = durable_checkpoint(&writer, short).unwrap_err().to_string();
+        assert!(err.contains("not yet on disk"), "{err}");
+        assert!(err.contains("WAL frame(s)"), "{err}");
+
+        let ends = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            reader.execute_batch("COMMIT").unwrap();
+        });
+        let started = std::time::Instant::now();
+        durable_checkpoint(&writer, std::time::Duration::from_secs(5)).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+        ends.join().unwrap();
+        let (frames, copied) = wal_frames(&path);
+        assert_eq!(copied, frames);
     }
 }
