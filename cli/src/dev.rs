@@ -192,6 +192,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         batch_size: LOCAL_RECEIVE_BATCH,
         ..LauncherConfig::default()
     };
+    // Child workers to wait for at shutdown (in-process ones are tasks of `tasks`).
+    let mut children = None;
     if args.child_process_workers {
         let exe = std::env::current_exe().context("finding the jobledger executable")?;
         let data_dir = dir
@@ -205,7 +207,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 data_dir.display().to_string(),
             )],
             args.workers,
-        );
+        )
+        .stopping_on(stop_rx.clone());
+        children = Some(launcher.clone());
         spawn_launcher(
             &mut tasks,
             &ledger,
@@ -298,12 +302,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
 
     {
-        let stop_tx = stop_tx.clone();
+        // SIGTERM too: it is how a service manager or `docker stop` asks a server to stop.
+        let (stop_tx, signal) = (stop_tx.clone(), jobledger_workers::process::stop_signal());
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                println!("\nstopping: workers checkpoint and hand their attempts back");
-                stop_tx.send_replace(true);
-            }
+            signal.await;
+            println!("\nstopping: workers checkpoint and hand their attempts back");
+            stop_tx.send_replace(true);
         });
     }
     axum::serve(listener, router)
@@ -314,6 +318,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     // Workers get a moment to checkpoint and record the interruption before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
+        if let Some(children) = &children {
+            children.wait_idle().await;
+        }
     })
     .await;
     if let Some(demo) = demo {

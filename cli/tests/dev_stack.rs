@@ -22,7 +22,11 @@ struct DevServer {
 
 impl DevServer {
     fn start(extra: &[&str], env: &[(&str, &str)]) -> DevServer {
-        let dir = tempfile::tempdir().unwrap();
+        DevServer::start_in(tempfile::tempdir().unwrap(), extra, env)
+    }
+
+    /// A server on an existing data folder (a restart).
+    fn start_in(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> DevServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobledger"));
         cmd.args(["dev", "--port", "0", "--api-key", KEY, "--data-dir"])
             .arg(dir.path())
@@ -506,6 +510,107 @@ async fn a_worker_killed_mid_job_is_timed_out_retried_and_resumes_from_its_check
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3000, "every item exactly once in the results");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_and_its_child_worker_hands_the_attempt_back() {
+    sigterm_stops_the_server_and_the_worker_hands_the_attempt_back(true).await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_and_its_in_process_worker_hands_the_attempt_back() {
+    sigterm_stops_the_server_and_the_worker_hands_the_attempt_back(false).await;
+}
+
+async fn sigterm_stops_the_server_and_the_worker_hands_the_attempt_back(child_workers: bool) {
+    let extra: &[&str] = if child_workers {
+        &["--child-process-workers"]
+    } else {
+        &[]
+    };
+    let worker_env = [
+        ("WORKER_PROGRESS_EVERY_ITEMS", "100"),
+        ("WORKER_PROGRESS_EVERY_S", "1"),
+    ];
+    let mut server = DevServer::start(extra, &worker_env);
+    let uri = big_input(&server, 3000);
+    let id = server
+        .submit(&json!({"kind": "content_analysis", "input_uri": uri}))
+        .await;
+    let running = server
+        .wait_until(&id, Duration::from_secs(60), |v| {
+            v["status"] == "RUNNING" && v["progress"]["done"].as_u64().unwrap_or(0) >= 200
+        })
+        .await;
+    let task = running["task_arn"]
+        .as_str()
+        .expect("the launch is recorded");
+    let pid = task.strip_prefix("local:").filter(|_| child_workers);
+    let pid = pid.map(str::to_string);
+
+    // As a service manager or `docker stop` asks: the server stops by itself, in its grace period.
+    let server_pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    if let Some(pid) = pid {
+        let worker_alive = Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(!worker_alive, "the worker {pid} outlived the server");
+    }
+
+    // The worker checkpointed and handed its attempt back, as on a Spot reclaim.
+    let (ok, history) = server.replay(&["history", &id, "--json"]);
+    assert!(ok, "{history}");
+    assert!(history.contains("WorkerInterrupted"), "{history}");
+    assert!(!history.contains("AttemptTimedOut"), "{history}");
+
+    // The next start resumes the job and finishes it.
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    drop(server);
+    let server = DevServer::start_in(dir, extra, &worker_env);
+    let view = server.wait_finished(&id, Duration::from_secs(120)).await;
+    assert_eq!(view["status"], "SUCCEEDED", "{view}");
+    assert_eq!(view["attempt"], 2, "{view}");
+    let done = |attempt: u64| {
+        move |e: &&Value| e["type"] == "ProgressReported" && e["data"]["attempt"] == attempt
+    };
+    let events = server.events(&id).await;
+    let checkpointed = events
+        .iter()
+        .filter(done(1))
+        .filter_map(|e| e["data"]["done"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let first_of_second = events
+        .iter()
+        .find(done(2))
+        .and_then(|e| e["data"]["done"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        checkpointed >= 200 && first_of_second > checkpointed,
+        "attempt 2 started at {first_of_second}, checkpoint {checkpointed}"
+    );
 }
 
 /// A small deterministic generator (splitmix64), so a failing run can be repeated with its seed.

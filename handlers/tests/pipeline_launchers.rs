@@ -155,3 +155,46 @@ async fn child_processes_respect_the_limit() {
     launcher.wait_idle().await;
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+#[tokio::test]
+async fn raising_the_stop_sends_sigterm_to_every_running_child_and_they_end() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_string_lossy().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // A worker stand-in that only ends on SIGTERM, saying so.
+    let script = r#"trap 'echo stopped > "$OUT/$JOB_ID"; exit 0' TERM
+        touch "$OUT/$JOB_ID.started"
+        while :; do sleep 0.05; done"#;
+    let launcher = ChildProcessLauncher::new(
+        "/bin/sh",
+        vec!["-c".into(), script.into()],
+        vec![("OUT".into(), out)],
+        2,
+    )
+    .stopping_on(stop_rx);
+    let jobs = [JobId::new(), JobId::new()];
+    for job in jobs {
+        launcher.launch(job, 1).await.expect("launch");
+    }
+    let started = Instant::now();
+    while !jobs
+        .iter()
+        .all(|j| dir.path().join(format!("{j}.started")).exists())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "children did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(launcher.running(), 2);
+
+    stop_tx.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(10), launcher.wait_idle())
+        .await
+        .expect("every child ends once asked to stop");
+    for job in jobs {
+        let said = std::fs::read_to_string(dir.path().join(job.to_string())).expect("trap ran");
+        assert_eq!(said.trim(), "stopped");
+    }
+}

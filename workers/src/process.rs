@@ -100,7 +100,7 @@ async fn run_on_aws(
 /// SIGTERM is registered before this returns, so a signal sent as soon as the attempt starts is
 /// not lost. A signal that cannot be watched never fires: failing to register must not look like
 /// a request to stop.
-fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGTERM"))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use jobledger_events::JobId;
 use jobledger_events::event::Capacity;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::ports::{LaunchError, LaunchResult, TaskLauncher};
 
@@ -178,11 +178,14 @@ impl TaskLauncher for InProcessLauncher {
 }
 
 /// Runs each worker as a child process of a given program, with `JOB_ID` and `ATTEMPT` set.
+/// Clones share the running children.
+#[derive(Clone)]
 pub struct ChildProcessLauncher {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    gate: Gate,
+    gate: Arc<Gate>,
+    stop: Option<watch::Receiver<bool>>,
 }
 
 impl ChildProcessLauncher {
@@ -198,8 +201,17 @@ impl ChildProcessLauncher {
             program: program.into(),
             args,
             env,
-            gate: Gate::new(limit),
+            gate: Arc::new(Gate::new(limit)),
+            stop: None,
         }
+    }
+
+    /// Sends SIGTERM to every running child once `stop` is raised: like an ECS task being
+    /// stopped, a worker then checkpoints and hands its attempt back. Without it, children
+    /// outlive a stopped server and finish their attempts alone.
+    pub fn stopping_on(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// Resolves once no child is running (for shutdown and tests).
@@ -210,6 +222,21 @@ impl ChildProcessLauncher {
     /// Children running now.
     pub fn running(&self) -> usize {
         self.gate.limit - self.gate.slots.available_permits()
+    }
+}
+
+/// Sends SIGTERM to a child; a failure is logged (the child may have just exited).
+fn terminate(pid: u32, job_id: JobId, attempt: u32) {
+    let sent = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .map(|pid| rustix::process::kill_process(pid, rustix::process::Signal::TERM));
+    match sent {
+        Some(Ok(())) => tracing::info!(%job_id, attempt, pid, "asked the worker to stop"),
+        Some(Err(e)) => {
+            tracing::warn!(%job_id, attempt, pid, error = %e, "cannot signal the worker")
+        }
+        None => tracing::warn!(%job_id, attempt, pid, "not a process id"),
     }
 }
 
@@ -246,9 +273,29 @@ impl TaskLauncher for ChildProcessLauncher {
         self.gate.launches.insert(key, launched)?;
         let task_arn = launched.arn(job_id, attempt);
         let task = task_arn.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
+            let stopping = async move {
+                let raised = match stop {
+                    Some(mut stop) => stop.wait_for(|s| *s).await.is_ok(),
+                    None => false,
+                };
+                if !raised {
+                    // No stop to forward, or its sender is gone: the child runs on.
+                    std::future::pending::<()>().await;
+                }
+            };
+            let exit = tokio::select! {
+                exit = child.wait() => exit,
+                () = stopping => {
+                    if let Some(pid) = child.id() {
+                        terminate(pid, job_id, attempt);
+                    }
+                    child.wait().await
+                }
+            };
             // The exit is only logged: the ledger says whether the attempt succeeded.
-            match child.wait().await {
+            match exit {
                 Ok(status) if status.success() => {
                     tracing::debug!(%job_id, attempt, task, "worker exited")
                 }
