@@ -238,6 +238,53 @@ fn big_input(server: &DevServer, items: usize) -> String {
     format!("file://{}", path.canonicalize().unwrap().display())
 }
 
+/// Worker settings that checkpoint often, so a stopped attempt has progress to resume from.
+const CHECKPOINT_OFTEN: [(&str, &str); 2] = [
+    ("WORKER_PROGRESS_EVERY_ITEMS", "100"),
+    ("WORKER_PROGRESS_EVERY_S", "1"),
+];
+
+/// Submits a 3,000-item job (with `max_attempts` when given) and waits until its worker has
+/// done 200 items; returns the job id and its view then.
+async fn big_job_under_way(server: &DevServer, max_attempts: Option<u32>) -> (String, Value) {
+    let uri = big_input(server, 3000);
+    let mut body = json!({"kind": "content_analysis", "input_uri": uri});
+    if let Some(n) = max_attempts {
+        body["max_attempts"] = json!(n);
+    }
+    let id = server.submit(&body).await;
+    let running = server
+        .wait_until(&id, Duration::from_secs(60), |v| {
+            v["status"] == "RUNNING" && v["progress"]["done"].as_u64().unwrap_or(0) >= 200
+        })
+        .await;
+    (id, running)
+}
+
+/// Attempt 2 resumed: its first progress report already counts the items attempt 1 checkpointed.
+fn assert_resumed_past_the_checkpoint(events: &[Value]) {
+    let done = |attempt: u64| {
+        move |e: &&Value| e["type"] == "ProgressReported" && e["data"]["attempt"] == attempt
+    };
+    let checkpointed = events
+        .iter()
+        .filter(done(1))
+        .filter_map(|e| e["data"]["done"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let first_of_second = events
+        .iter()
+        .find(done(2))
+        .and_then(|e| e["data"]["done"].as_u64())
+        // No report before it finished: it had nothing left to redo.
+        .unwrap_or(u64::MAX);
+    assert!(checkpointed >= 200, "{checkpointed}");
+    assert!(
+        first_of_second > checkpointed,
+        "attempt 2 started at {first_of_second}, checkpoint {checkpointed}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_of_every_kind_run_to_success_with_results_and_a_verifiable_history() {
     let server = DevServer::start(&[], &[]);
@@ -446,20 +493,9 @@ async fn a_worker_killed_mid_job_is_timed_out_retried_and_resumes_from_its_check
             "--sweep-every-s",
             "1",
         ],
-        &[
-            ("WORKER_PROGRESS_EVERY_ITEMS", "100"),
-            ("WORKER_PROGRESS_EVERY_S", "1"),
-        ],
+        &CHECKPOINT_OFTEN,
     );
-    let uri = big_input(&server, 3000);
-    let id = server
-        .submit(&json!({"kind": "content_analysis", "input_uri": uri, "max_attempts": 3}))
-        .await;
-    let running = server
-        .wait_until(&id, Duration::from_secs(60), |v| {
-            v["status"] == "RUNNING" && v["progress"]["done"].as_u64().unwrap_or(0) >= 200
-        })
-        .await;
+    let (id, running) = big_job_under_way(&server, Some(3)).await;
     let task = running["task_arn"]
         .as_str()
         .expect("the launch is recorded");
@@ -478,23 +514,7 @@ async fn a_worker_killed_mid_job_is_timed_out_retried_and_resumes_from_its_check
     let events = server.events(&id).await;
     let t = types(&events);
     assert!(t.iter().any(|x| x == "AttemptTimedOut"), "{t:?}");
-    // Attempt 2 resumed: its first progress report already counts the items attempt 1 checkpointed.
-    let checkpointed = events
-        .iter()
-        .filter(|e| e["type"] == "ProgressReported" && e["data"]["attempt"] == 1)
-        .filter_map(|e| e["data"]["done"].as_u64())
-        .max()
-        .unwrap();
-    let first_of_second = events
-        .iter()
-        .find(|e| e["type"] == "ProgressReported" && e["data"]["attempt"] == 2)
-        .and_then(|e| e["data"]["done"].as_u64())
-        .unwrap_or(3000);
-    assert!(checkpointed >= 200, "{checkpointed}");
-    assert!(
-        first_of_second > checkpointed,
-        "attempt 2 started at {first_of_second}, checkpoint {checkpointed}"
-    );
+    assert_resumed_past_the_checkpoint(&events);
     let lines = std::fs::read_to_string(
         view["result_uri"]
             .as_str()
@@ -528,20 +548,8 @@ async fn sigterm_stops_the_server_and_the_worker_hands_the_attempt_back(child_wo
     } else {
         &[]
     };
-    let worker_env = [
-        ("WORKER_PROGRESS_EVERY_ITEMS", "100"),
-        ("WORKER_PROGRESS_EVERY_S", "1"),
-    ];
-    let mut server = DevServer::start(extra, &worker_env);
-    let uri = big_input(&server, 3000);
-    let id = server
-        .submit(&json!({"kind": "content_analysis", "input_uri": uri}))
-        .await;
-    let running = server
-        .wait_until(&id, Duration::from_secs(60), |v| {
-            v["status"] == "RUNNING" && v["progress"]["done"].as_u64().unwrap_or(0) >= 200
-        })
-        .await;
+    let mut server = DevServer::start(extra, &CHECKPOINT_OFTEN);
+    let (id, running) = big_job_under_way(&server, None).await;
     let task = running["task_arn"]
         .as_str()
         .expect("the launch is recorded");
@@ -588,29 +596,11 @@ async fn sigterm_stops_the_server_and_the_worker_hands_the_attempt_back(child_wo
     // The next start resumes the job and finishes it.
     let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
     drop(server);
-    let server = DevServer::start_in(dir, extra, &worker_env);
+    let server = DevServer::start_in(dir, extra, &CHECKPOINT_OFTEN);
     let view = server.wait_finished(&id, Duration::from_secs(120)).await;
     assert_eq!(view["status"], "SUCCEEDED", "{view}");
     assert_eq!(view["attempt"], 2, "{view}");
-    let done = |attempt: u64| {
-        move |e: &&Value| e["type"] == "ProgressReported" && e["data"]["attempt"] == attempt
-    };
-    let events = server.events(&id).await;
-    let checkpointed = events
-        .iter()
-        .filter(done(1))
-        .filter_map(|e| e["data"]["done"].as_u64())
-        .max()
-        .unwrap_or(0);
-    let first_of_second = events
-        .iter()
-        .find(done(2))
-        .and_then(|e| e["data"]["done"].as_u64())
-        .unwrap_or(0);
-    assert!(
-        checkpointed >= 200 && first_of_second > checkpointed,
-        "attempt 2 started at {first_of_second}, checkpoint {checkpointed}"
-    );
+    assert_resumed_past_the_checkpoint(&server.events(&id).await);
 }
 
 /// A small deterministic generator (splitmix64), so a failing run can be repeated with its seed.
