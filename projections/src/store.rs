@@ -136,14 +136,15 @@ pub trait ViewStore: Send + Sync {
     fn clear(&self) -> impl Future<Output = Result<(), ViewError>> + Send;
 
     /// Before a rebuild writes every view: the store may stop waiting for the disk at each of
-    /// its commits until [`ViewStore::finish_bulk_write`] (a rebuild that stops part-way is run
-    /// again anyway, and the live projector never calls this).
+    /// its commits, and stop keeping secondary indexes, until [`ViewStore::finish_bulk_write`]
+    /// (a rebuild that stops part-way is run again anyway, and the live projector never calls
+    /// this).
     fn start_bulk_write(&self) -> impl Future<Output = Result<(), ViewError>> + Send {
         async { Ok(()) }
     }
 
-    /// After a rebuild's writes: everything written so far is on disk, and commits wait for the
-    /// disk again.
+    /// After a rebuild's writes: the indexes are whole, everything written so far is on disk,
+    /// and commits wait for the disk again.
     fn finish_bulk_write(&self) -> impl Future<Output = Result<(), ViewError>> + Send {
         async { Ok(()) }
     }
