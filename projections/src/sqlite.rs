@@ -4,6 +4,8 @@
 //! runs on tokio's blocking pool, so a slow disk never stalls the async runtime; reads use a small
 //! pool of read-only connections, which WAL lets run while the single writer commits.
 
+use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use jobledger_events::JobId;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 
 use crate::job_view::JobView;
@@ -329,33 +332,52 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ViewError> {
     Ok((at, id.to_string()))
 }
 
-/// A view as the `jobs` table stores it.
+/// A view as the `jobs` table stores it; its text columns are ranges of [`Rows::text`].
 struct Row {
-    job_id: String,
+    job_id: Range<usize>,
     status: &'static str,
     kind: &'static str,
     created_at: i64,
     updated_at: i64,
     last_version: i64,
-    json: String,
+    json: Range<usize>,
 }
 
-impl Row {
-    fn of(view: &JobView) -> Result<Row, ViewError> {
-        Ok(Row {
-            job_id: view.job_id.to_string(),
-            status: view.status.as_str(),
-            kind: view.kind.as_str(),
-            created_at: micros(&view.created_at),
-            updated_at: micros(&view.updated_at),
-            last_version: view.last_version as i64,
-            json: serde_json::to_string(view).map_err(|e| ViewError::backend(false, e))?,
-        })
+/// Views made rows, their texts in one buffer: one allocation per batch instead of a growing
+/// string per view (a tenth of the time serialising a rebuild's views took).
+struct Rows {
+    text: Vec<u8>,
+    rows: Vec<Row>,
+}
+
+/// Bytes of text a view row takes, about (its JSON is ~1.1 KB).
+const ROW_TEXT_GUESS: usize = 1_536;
+
+impl Rows {
+    fn of(views: &[JobView]) -> Result<Rows, ViewError> {
+        let mut text = Vec::with_capacity(views.len() * ROW_TEXT_GUESS);
+        let mut rows = Vec::with_capacity(views.len());
+        for view in views {
+            let id_start = text.len();
+            write!(text, "{}", view.job_id).map_err(|e| ViewError::backend(false, e))?;
+            let json_start = text.len();
+            serde_json::to_writer(&mut text, view).map_err(|e| ViewError::backend(false, e))?;
+            rows.push(Row {
+                job_id: id_start..json_start,
+                status: view.status.as_str(),
+                kind: view.kind.as_str(),
+                created_at: micros(&view.created_at),
+                updated_at: micros(&view.updated_at),
+                last_version: view.last_version as i64,
+                json: json_start..text.len(),
+            });
+        }
+        Ok(Rows { text, rows })
     }
 
-    /// The version-guarded write; returns whether the row was written.
-    fn upsert(&self, conn: &Connection) -> Result<bool, ViewError> {
-        let written = conn
+    /// Writes every row (version-guarded); returns how many were written.
+    fn upsert(&self, conn: &Connection) -> Result<usize, ViewError> {
+        let mut stmt = conn
             .prepare_cached(
                 "INSERT INTO jobs (job_id, status, kind, created_at, updated_at, last_version, view)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -365,36 +387,40 @@ impl Row {
                      last_version = excluded.last_version, view = excluded.view
                  WHERE jobs.last_version < excluded.last_version",
             )
-            .map_err(backend)?
-            .execute(params![
-                self.job_id,
-                self.status,
-                self.kind,
-                self.created_at,
-                self.updated_at,
-                self.last_version,
-                self.json
-            ])
             .map_err(backend)?;
-        Ok(written > 0)
+        // Both texts came from `write!` and serde_json, so they are UTF-8: bound as they are.
+        let text =
+            |range: &Range<usize>| ToSqlOutput::Borrowed(ValueRef::Text(&self.text[range.clone()]));
+        let mut written = 0;
+        for row in &self.rows {
+            written += stmt
+                .execute(params![
+                    text(&row.job_id),
+                    row.status,
+                    row.kind,
+                    row.created_at,
+                    row.updated_at,
+                    row.last_version,
+                    text(&row.json)
+                ])
+                .map_err(backend)?;
+        }
+        Ok(written)
     }
 }
 
 impl ViewStore for SqliteViewStore {
     async fn upsert(&self, view: &JobView) -> Result<bool, ViewError> {
-        let row = Row::of(view)?;
-        self.write(move |conn| row.upsert(conn)).await
+        let row = Rows::of(std::slice::from_ref(view))?;
+        self.write(move |conn| Ok(row.upsert(conn)? > 0)).await
     }
 
     async fn upsert_many(&self, views: &[JobView]) -> Result<usize, ViewError> {
-        let rows = views.iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
+        let rows = Rows::of(views)?;
         self.write(move |conn| {
             // One transaction: one fsync for the whole rebuild instead of one per job.
             let tx = conn.transaction().map_err(backend)?;
-            let mut written = 0;
-            for row in &rows {
-                written += usize::from(row.upsert(&tx)?);
-            }
+            let written = rows.upsert(&tx)?;
             tx.commit().map_err(backend)?;
             Ok(written)
         })
