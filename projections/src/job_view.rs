@@ -144,70 +144,64 @@ pub enum ProjectionError {
 /// JSON times exactly as chrono's serde impl writes them (RFC 3339, `Z`, a fraction of 0, 3, 6
 /// or 9 digits), without going through its formatter one character at a time: a view holds up
 /// to seven times, and a rebuild writes every view.
-mod json_time {
+pub(crate) mod json_time {
     use chrono::{DateTime, Datelike, Timelike, Utc};
     use serde::{Serialize, Serializer};
 
     /// A small text buffer, long enough for any four-digit-year time.
-    pub(super) struct Text {
+    pub(crate) struct Text {
         buf: [u8; 32],
         len: usize,
     }
 
     impl Text {
-        fn push(&mut self, byte: u8) {
-            self.buf[self.len] = byte;
-            self.len += 1;
-        }
-
-        /// `value` in `digits` decimal digits, zero-padded.
-        fn digits(&mut self, value: u32, digits: u32) {
-            for i in (0..digits).rev() {
-                self.push(b'0' + (value / 10u32.pow(i) % 10) as u8);
-            }
-        }
-
-        pub(super) fn as_str(&self) -> Option<&str> {
+        pub(crate) fn as_str(&self) -> Option<&str> {
             std::str::from_utf8(&self.buf[..self.len]).ok()
         }
     }
 
+    /// `value` (below 100) as two digits at `at`.
+    fn two_digits(buf: &mut [u8; 32], at: usize, value: u32) {
+        buf[at] = b'0' + (value / 10) as u8;
+        buf[at + 1] = b'0' + (value % 10) as u8;
+    }
+
     /// `at` as chrono writes it, when its year has four digits (chrono adds a sign otherwise).
-    pub(super) fn text(at: &DateTime<Utc>) -> Option<Text> {
-        let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
-        let (mut second, mut nano) = (at.second(), at.nanosecond());
+    /// The date and the time of day are each read once: every accessor of a `DateTime` would
+    /// work out the local date and time again.
+    pub(crate) fn text(at: &DateTime<Utc>) -> Option<Text> {
+        let naive = at.naive_utc();
+        let (date, time) = (naive.date(), naive.time());
+        let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+        let of_day = time.num_seconds_from_midnight();
+        let (mut second, mut nano) = (of_day % 60, time.nanosecond());
         // A leap second is written as second 60, as chrono does.
         if nano >= 1_000_000_000 {
             second += 1;
             nano -= 1_000_000_000;
         }
-        let mut t = Text {
-            buf: [0; 32],
-            len: 0,
-        };
-        t.digits(year, 4);
-        for (sep, value) in [
-            (b'-', at.month()),
-            (b'-', at.day()),
-            (b'T', at.hour()),
-            (b':', at.minute()),
-            (b':', second),
-        ] {
-            t.push(sep);
-            t.digits(value, 2);
+        let mut buf = *b"0000-00-00T00:00:00.000000000Z\0\0";
+        two_digits(&mut buf, 0, year / 100);
+        two_digits(&mut buf, 2, year % 100);
+        two_digits(&mut buf, 5, date.month());
+        two_digits(&mut buf, 8, date.day());
+        two_digits(&mut buf, 11, of_day / 3600);
+        two_digits(&mut buf, 14, of_day / 60 % 60);
+        two_digits(&mut buf, 17, second);
+        let mut rest = nano;
+        for digit in buf[20..29].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
         }
-        let (fraction, digits) = match nano {
-            0 => (0, 0),
-            n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
-            n if n % 1_000 == 0 => (n / 1_000, 6),
-            n => (n, 9),
+        // The fraction in 0, 3, 6 or 9 digits, the fewest that hold it.
+        let end = match nano {
+            0 => 19,
+            n if n % 1_000_000 == 0 => 23,
+            n if n % 1_000 == 0 => 26,
+            _ => 29,
         };
-        if digits > 0 {
-            t.push(b'.');
-            t.digits(fraction, digits);
-        }
-        t.push(b'Z');
-        Some(t)
+        buf[end] = b'Z';
+        Some(Text { buf, len: end + 1 })
     }
 
     /// Serializes a time.

@@ -12,6 +12,7 @@ pub mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod view_json;
 
 #[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoJobViews;

@@ -19,6 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use crate::job_view::JobView;
 use crate::stats::Stats;
 use crate::store::{ListQuery, MAX_LIST_LIMIT, Page, ViewError, ViewStore};
+use crate::view_json;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -361,7 +362,7 @@ impl Rows {
             let id_start = text.len();
             write!(text, "{}", view.job_id).map_err(|e| ViewError::backend(false, e))?;
             let json_start = text.len();
-            serde_json::to_writer(&mut text, view).map_err(|e| ViewError::backend(false, e))?;
+            view_json::write(view, &mut text).map_err(|e| ViewError::backend(false, e))?;
             rows.push(Row {
                 job_id: id_start..json_start,
                 status: view.status.as_str(),
