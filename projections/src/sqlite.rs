@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -77,17 +77,35 @@ struct Inner {
 /// A checkpoint that runs while the writer keeps committing cannot finish the WAL, and SQLite
 /// only starts the WAL over once one has; so when the WAL passes [`WAL_BYTES_LIMIT`], the writer
 /// checkpoints once itself, between its commits, and the WAL starts over at its next write.
+///
+/// During a bulk write the limit is [`BULK_WAL_BYTES_LIMIT`]: the writer's own checkpoint syncs
+/// the database file while every fold part waits for the writer (~0.2 s each time in a 1 M-event
+/// rebuild). With the higher limit the file is synced once, at the end, by a checkpoint of the
+/// thread that runs while the writer sorts the listing indexes (SQLite syncs the file only when a
+/// checkpoint has copied the whole WAL, which the thread cannot do while the writer commits).
 struct Checkpointer {
     wake: SyncSender<()>,
-    wal_long: Arc<AtomicBool>,
-    /// Held by the thread while it checkpoints. SQLite runs one checkpoint at a time and turns a
-    /// second away at once, so the one that must not fail (see [`durable_checkpoint`]) waits for
-    /// the thread's to end instead of racing it.
+    /// Ends the thread's pause between two checkpoints (see [`Checkpointer::now`]).
+    hurry: SyncSender<()>,
+    /// Frames in the WAL at the thread's last checkpoint.
+    wal_frames: Arc<AtomicI64>,
+    /// The WAL's limits, in frames: normally, and during a bulk write.
+    frames_limit: i64,
+    bulk_frames_limit: i64,
+    /// Whether a bulk write is under way.
+    bulk: AtomicBool,
+    /// Held by the thread while it checkpoints and reports the WAL. SQLite runs one checkpoint at
+    /// a time and turns a second away at once, so the one that must not fail (see
+    /// [`durable_checkpoint`]) waits for the thread's to end instead of racing it.
     running: Arc<Mutex<()>>,
 }
 
 /// WAL size past which the writer checkpoints itself.
 const WAL_BYTES_LIMIT: i64 = 64 << 20;
+
+/// WAL size past which the writer checkpoints itself during a bulk write: a bound on the disk a
+/// rebuild's WAL may take (a 1 M-event rebuild writes ~200 MB of views).
+const BULK_WAL_BYTES_LIMIT: i64 = 1 << 30;
 
 /// Page size of a new view store. A view row is ~1.1 KB of JSON: a 4 KiB page holds three, so a
 /// rebuild splits a page every third insert; 16 KiB pages cut a rebuild's CPU by ~20%. An existing
@@ -108,11 +126,12 @@ impl Checkpointer {
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .map_err(backend)?;
-        let frames_limit = WAL_BYTES_LIMIT / page_size.max(512);
+        let page_size = page_size.max(512);
         // One pending wake-up is enough: a checkpoint copies every commit made before it starts.
         let (wake, woken) = mpsc::sync_channel::<()>(1);
-        let wal_long = Arc::new(AtomicBool::new(false));
-        let long = Arc::clone(&wal_long);
+        let (hurry, hurried) = mpsc::sync_channel::<()>(1);
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let frames = Arc::clone(&wal_frames);
         let running = Arc::new(Mutex::new(()));
         let turn = Arc::clone(&running);
         std::thread::Builder::new()
@@ -121,21 +140,25 @@ impl Checkpointer {
                 while woken.recv().is_ok() {
                     // A poisoned lock only means a panic elsewhere: checkpointing stays safe.
                     let guard = turn.lock().unwrap_or_else(|e| e.into_inner());
-                    let done = checkpoint(&conn);
-                    drop(guard);
-                    match done {
-                        Ok(frames) => long.store(frames >= frames_limit, Ordering::Relaxed),
+                    match checkpoint(&conn) {
+                        Ok(n) => frames.store(n, Ordering::Relaxed),
                         Err(e) => tracing::warn!(error = %e,
                             "view store checkpoint failed; the next commit retries"),
                     }
+                    drop(guard);
                     // Commits meanwhile share the next checkpoint (and its fsync of the file).
-                    std::thread::sleep(CHECKPOINT_PAUSE);
+                    // Ended early by `now` (or at once when the store is gone, and the loop ends).
+                    let _ = hurried.recv_timeout(CHECKPOINT_PAUSE);
                 }
             })
             .map_err(|e| ViewError::backend(false, e))?;
         Ok(Checkpointer {
             wake,
-            wal_long,
+            hurry,
+            wal_frames,
+            frames_limit: WAL_BYTES_LIMIT / page_size,
+            bulk_frames_limit: BULK_WAL_BYTES_LIMIT / page_size,
+            bulk: AtomicBool::new(false),
             running,
         })
     }
@@ -144,11 +167,32 @@ impl Checkpointer {
     /// itself, so the WAL never grows without bound.
     /// The commit is done either way: a failed checkpoint is logged, not the write's error.
     fn after_commit(&self, writer: &Connection) {
-        let inline = self.wal_long.swap(false, Ordering::Relaxed)
+        let inline = self.wal_too_long()
             || matches!(self.wake.try_send(()), Err(TrySendError::Disconnected(())));
         if inline && let Err(e) = checkpoint(writer) {
             tracing::warn!(error = %e, "view store checkpoint failed; the next commit retries");
         }
+    }
+
+    /// Asks the thread for a checkpoint at once, without waiting for it.
+    fn now(&self) {
+        let _ = self.hurry.try_send(());
+        let _ = self.wake.try_send(());
+    }
+
+    /// Whether the thread last found the WAL past the limit in force; the writer then checkpoints
+    /// once itself (until the thread reports again).
+    fn wal_too_long(&self) -> bool {
+        let limit = if self.bulk.load(Ordering::Relaxed) {
+            self.bulk_frames_limit
+        } else {
+            self.frames_limit
+        };
+        self.wal_frames
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n >= limit).then_some(0)
+            })
+            .is_ok()
     }
 }
 
@@ -216,7 +260,7 @@ impl SqliteViewStore {
         // The page size must be set before the first table makes the file: after, it is ignored.
         conn.execute_batch(&format!(
             "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-             PRAGMA wal_autocheckpoint=0;"
+             PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_BYTES_LIMIT};"
         ))
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
@@ -528,25 +572,32 @@ impl ViewStore for SqliteViewStore {
             tx.execute_batch(DROP_LISTING_INDEXES).map_err(backend)?;
             tx.commit().map_err(backend)
         })
-        .await
+        .await?;
+        self.inner.checkpoints.bulk.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Back to FULL, the listing indexes made again, then a [`durable_checkpoint`] (every commit
-    /// so far on disk), after any checkpoint of the thread.
+    /// so far on disk), after any checkpoint of the thread; the WAL's usual limit applies again.
     async fn finish_bulk_write(&self) -> Result<(), ViewError> {
+        // The thread copies the views and syncs the file while the indexes are sorted.
+        self.inner.checkpoints.now();
         let running = Arc::clone(&self.inner.checkpoints.running);
-        self.write(move |conn| {
-            conn.execute_batch("PRAGMA synchronous=FULL")
-                .map_err(backend)?;
-            let tx = conn.transaction().map_err(backend)?;
-            tx.execute_batch(LISTING_INDEXES).map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            let _turn = running
-                .lock()
-                .map_err(|_| ViewError::backend(false, "view store checkpoint mutex poisoned"))?;
-            durable_checkpoint(conn, std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
-        })
-        .await
+        let finished = self
+            .write(move |conn| {
+                conn.execute_batch("PRAGMA synchronous=FULL")
+                    .map_err(backend)?;
+                let tx = conn.transaction().map_err(backend)?;
+                tx.execute_batch(LISTING_INDEXES).map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                let _turn = running.lock().map_err(|_| {
+                    ViewError::backend(false, "view store checkpoint mutex poisoned")
+                })?;
+                durable_checkpoint(conn, std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+            })
+            .await;
+        self.inner.checkpoints.bulk.store(false, Ordering::Relaxed);
+        finished
     }
 
     async fn save_stats(&self, stats: &Stats) -> Result<(), ViewError> {
@@ -633,6 +684,66 @@ mod tests {
         "jobs_status_updated_at",
         "jobs_updated_at",
     ];
+
+    #[tokio::test]
+    async fn the_writer_checkpoints_itself_past_the_wal_limit_and_a_bulk_write_raises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
+        let checkpoints = &store.inner.checkpoints;
+        // The thread reports while it holds its turn: holding it keeps the thread's reports out.
+        let turn = || checkpoints.running.lock().unwrap();
+        let past = |frames: i64| {
+            let _turn = turn();
+            checkpoints.wal_frames.store(frames, Ordering::Relaxed);
+            checkpoints.wal_too_long()
+        };
+        let usual = WAL_BYTES_LIMIT / i64::from(PAGE_SIZE);
+        assert!(!past(usual - 1));
+        assert!(past(usual));
+        let again = {
+            let _turn = turn();
+            checkpoints.wal_too_long()
+        };
+        assert!(!again, "once, until the thread reports again");
+
+        store.start_bulk_write().await.unwrap();
+        assert!(!past(usual), "a bulk write leaves the sync to the thread");
+        let bulk = BULK_WAL_BYTES_LIMIT / i64::from(PAGE_SIZE);
+        assert!(past(bulk), "but the WAL stays bounded");
+        store.finish_bulk_write().await.unwrap();
+        assert!(past(usual), "the usual limit again");
+    }
+
+    #[tokio::test]
+    async fn the_thread_checkpoints_when_asked_without_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
+        store.upsert(&view()).await.unwrap();
+        let checkpoints = &store.inner.checkpoints;
+        let reported = |deadline: std::time::Duration| {
+            let start = std::time::Instant::now();
+            while start.elapsed() < deadline {
+                if checkpoints.wal_frames.load(Ordering::Relaxed) >= 0 {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            false
+        };
+        // The commit's checkpoint, then a mark only a later report replaces.
+        assert!(reported(std::time::Duration::from_secs(5)));
+        std::thread::sleep(CHECKPOINT_PAUSE * 2);
+        {
+            let _turn = checkpoints.running.lock().unwrap();
+            checkpoints.wal_frames.store(-1, Ordering::Relaxed);
+        }
+        assert!(
+            !reported(CHECKPOINT_PAUSE * 3),
+            "no checkpoint without a commit"
+        );
+        checkpoints.now();
+        assert!(reported(std::time::Duration::from_secs(5)));
+    }
 
     #[tokio::test]
     async fn a_bulk_write_sets_the_listing_indexes_aside_and_makes_them_again_at_its_end() {
