@@ -14,6 +14,20 @@ pub mod store;
 pub mod testing;
 mod view_json;
 
+/// The view of the fixture history every unit test here starts from.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn fixture_view() -> JobView {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/succeeded_first_attempt.jsonl");
+    let events: Vec<jobledger_events::RecordedEvent> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    JobView::fold(&events).unwrap().unwrap()
+}
+
 #[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoJobViews;
 pub use job_view::{JobView, Progress, ProjectionError};

@@ -800,14 +800,7 @@ mod tests {
     }
 
     fn view() -> JobView {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/succeeded_first_attempt.jsonl");
-        let events: Vec<jobledger_events::RecordedEvent> = std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let mut view = JobView::fold(&events).unwrap().unwrap();
+        let mut view = crate::fixture_view();
         view.job_id = JobId::new();
         view
     }

@@ -184,17 +184,6 @@ mod tests {
     use jobledger_events::{JobId, JobKind, Status};
     use proptest::prelude::*;
 
-    fn folded() -> JobView {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/succeeded_first_attempt.jsonl");
-        let events: Vec<jobledger_events::RecordedEvent> = std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        JobView::fold(&events).unwrap().unwrap()
-    }
-
     fn same_as_serde(view: &JobView) {
         let mut ours = Vec::new();
         write(view, &mut ours).unwrap();
@@ -207,7 +196,7 @@ mod tests {
 
     #[test]
     fn a_folded_view_is_written_as_serde_json_writes_it() {
-        same_as_serde(&folded());
+        same_as_serde(&crate::fixture_view());
     }
 
     /// Text that often needs escaping: quotes, backslashes, control characters, and any Unicode.
@@ -292,7 +281,7 @@ mod tests {
             cost_usd in number(),
             spot in any::<Option<bool>>(),
         ) -> JobView {
-            let mut view = folded();
+            let mut view = crate::fixture_view();
             view.job_id = JobId::new();
             view.kind = kind;
             view.status = status;
