@@ -116,7 +116,7 @@ fn integer(out: &mut Vec<u8>, name: &str, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// A string known to need no escaping (an enum's name).
+/// A string known to need no escaping (an enum's name, a time).
 fn plain_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     out.extend_from_slice(text.as_bytes());
