@@ -718,8 +718,12 @@ mod tests {
     async fn the_thread_checkpoints_when_asked_without_a_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
-        store.upsert(&view()).await.unwrap();
         let checkpoints = &store.inner.checkpoints;
+        // A mark only a report of the thread replaces.
+        let mark = || {
+            let _turn = checkpoints.running.lock().unwrap();
+            checkpoints.wal_frames.store(-1, Ordering::Relaxed);
+        };
         let reported = |deadline: std::time::Duration| {
             let start = std::time::Instant::now();
             while start.elapsed() < deadline {
@@ -730,13 +734,11 @@ mod tests {
             }
             false
         };
-        // The commit's checkpoint, then a mark only a later report replaces.
+        // The commit's checkpoint (however late the thread runs it), then the thread idles.
+        mark();
+        store.upsert(&view()).await.unwrap();
         assert!(reported(std::time::Duration::from_secs(5)));
-        std::thread::sleep(CHECKPOINT_PAUSE * 2);
-        {
-            let _turn = checkpoints.running.lock().unwrap();
-            checkpoints.wal_frames.store(-1, Ordering::Relaxed);
-        }
+        mark();
         assert!(
             !reported(CHECKPOINT_PAUSE * 3),
             "no checkpoint without a commit"
