@@ -8,6 +8,7 @@ pub mod dynamo;
 pub mod job_view;
 pub mod notify;
 pub mod sqlite;
+pub mod sqlite_replace;
 pub mod stats;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -32,5 +33,6 @@ fn fixture_view() -> JobView {
 pub use dynamo::DynamoJobViews;
 pub use job_view::{JobView, Progress, ProjectionError};
 pub use sqlite::SqliteViewStore;
+pub use sqlite_replace::Replacement;
 pub use stats::{Period, Stats, StatsBuilder};
 pub use store::{ListQuery, MAX_LIST_LIMIT, Page, ViewError, ViewStore};

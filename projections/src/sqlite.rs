@@ -67,7 +67,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    checkpoints: Checkpointer,
+    /// `None` for a scratch store ([`SqliteViewStore::open_scratch`]), which has no WAL.
+    checkpoints: Option<Checkpointer>,
 }
 
 /// Copies the WAL back into the database on a thread of its own, so the writer never waits for
@@ -244,6 +245,41 @@ fn backend(e: rusqlite::Error) -> ViewError {
     ViewError::backend(retryable, e)
 }
 
+/// Opens of a file replaced meanwhile tried again before giving up.
+const REOPENS: usize = 3;
+
+/// The writer connection to `path`, its file in WAL mode with the schema and listing indexes.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    // FULL: a lost write of a finished job's view would never be repaired by a later event.
+    // The checkpointer thread copies the WAL back, not the commits (see `Checkpointer`).
+    // The page size must be set before the first table makes the file: after, it is ignored.
+    conn.execute_batch(&format!(
+        "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+         PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_BYTES_LIMIT};"
+    ))?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(LISTING_INDEXES)?;
+    Ok(conn)
+}
+
+/// Whether SQLite refused a write because the file was renamed over or removed since it was
+/// opened.
+fn replaced_while_open(e: &rusqlite::Error) -> bool {
+    e.sqlite_error()
+        .is_some_and(|f| f.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED)
+}
+
+/// Removes a database file and the journal, WAL and shared-memory files beside it.
+pub(crate) fn remove_database_files(path: &Path) {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+}
+
 fn micros(at: &DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
@@ -252,28 +288,59 @@ impl SqliteViewStore {
     /// Opens (creating if needed) the view store at `path`. The parent folder must exist.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ViewError> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path).map_err(backend)?;
-        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
-            .map_err(backend)?;
-        // FULL: a lost write of a finished job's view would never be repaired by a later event.
-        // The checkpointer thread copies the WAL back, not the commits (see `Checkpointer`).
-        // The page size must be set before the first table makes the file: after, it is ignored.
-        conn.execute_batch(&format!(
-            "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-             PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_BYTES_LIMIT};"
-        ))
-        .map_err(backend)?;
-        conn.execute_batch(SCHEMA).map_err(backend)?;
-        conn.execute_batch(LISTING_INDEXES).map_err(backend)?;
+        // A rebuild may replace the file while this connection waits for its lock (see
+        // `crate::sqlite_replace`); SQLite then refuses to write to the file it opened, and
+        // opening again opens the new one.
+        let mut tries = 0;
+        let conn = loop {
+            match open_writer(&path) {
+                Err(e) if replaced_while_open(&e) && tries < REOPENS => tries += 1,
+                opened => break opened.map_err(backend)?,
+            }
+        };
         let checkpoints = Checkpointer::start(&path)?;
         Ok(SqliteViewStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
-                checkpoints,
+                checkpoints: Some(checkpoints),
             }),
         })
+    }
+
+    /// A store in a new file at `path` that no other connection opens (whatever was at `path`
+    /// is removed first), for a rebuild that replaces the read model whole: no journal and no
+    /// syncs (a crash leaves only a file to throw away; the replacement syncs it once), the
+    /// listing indexes made at the end of its bulk write. `stats` is the saved stats' text to
+    /// start with.
+    pub(crate) fn open_scratch(path: &Path, stats: Option<&str>) -> Result<Self, ViewError> {
+        remove_database_files(path);
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.execute_batch(&format!(
+            "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+        ))
+        .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        if let Some(stats) = stats {
+            conn.execute("INSERT INTO stats (id, stats) VALUES (1, ?1)", [stats])
+                .map_err(backend)?;
+        }
+        Ok(SqliteViewStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
+                checkpoints: None,
+            }),
+        })
+    }
+
+    /// Closes every connection of the store, which must be its last clone; returns its file.
+    pub(crate) fn close(self) -> Result<PathBuf, ViewError> {
+        let inner = Arc::into_inner(self.inner)
+            .ok_or_else(|| ViewError::backend(false, "the view store is still in use elsewhere"))?;
+        Ok(inner.path)
     }
 
     /// The database file.
@@ -293,7 +360,9 @@ impl SqliteViewStore {
                 .lock()
                 .map_err(|_| ViewError::backend(false, "view store writer mutex poisoned"))?;
             let out = f(&mut conn)?;
-            inner.checkpoints.after_commit(&conn);
+            if let Some(checkpoints) = &inner.checkpoints {
+                checkpoints.after_commit(&conn);
+            }
             Ok(out)
         })
         .await
@@ -564,7 +633,12 @@ impl ViewStore for SqliteViewStore {
     /// The listing indexes are dropped until the bulk write ends: keeping three B-trees in step
     /// row by row took ~0.65 CPU-s of a 1 M-event rebuild, all of it on the one writer; sorting
     /// them once at the end takes ~0.4 s. Listing meanwhile still works, by scanning the table.
+    ///
+    /// A scratch store is made that way already: nothing to do.
     async fn start_bulk_write(&self) -> Result<(), ViewError> {
+        let Some(checkpoints) = &self.inner.checkpoints else {
+            return Ok(());
+        };
         self.write(|conn| {
             conn.execute_batch("PRAGMA synchronous=NORMAL")
                 .map_err(backend)?;
@@ -573,16 +647,27 @@ impl ViewStore for SqliteViewStore {
             tx.commit().map_err(backend)
         })
         .await?;
-        self.inner.checkpoints.bulk.store(true, Ordering::Relaxed);
+        checkpoints.bulk.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// Back to FULL, the listing indexes made again, then a [`durable_checkpoint`] (every commit
     /// so far on disk), after any checkpoint of the thread; the WAL's usual limit applies again.
+    ///
+    /// A scratch store only makes its listing indexes: the replacement syncs its file.
     async fn finish_bulk_write(&self) -> Result<(), ViewError> {
+        let Some(checkpoints) = &self.inner.checkpoints else {
+            return self
+                .write(|conn| {
+                    let tx = conn.transaction().map_err(backend)?;
+                    tx.execute_batch(LISTING_INDEXES).map_err(backend)?;
+                    tx.commit().map_err(backend)
+                })
+                .await;
+        };
         // The thread copies the views and syncs the file while the indexes are sorted.
-        self.inner.checkpoints.now();
-        let running = Arc::clone(&self.inner.checkpoints.running);
+        checkpoints.now();
+        let running = Arc::clone(&checkpoints.running);
         let finished = self
             .write(move |conn| {
                 conn.execute_batch("PRAGMA synchronous=FULL")
@@ -596,7 +681,7 @@ impl ViewStore for SqliteViewStore {
                 durable_checkpoint(conn, std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             })
             .await;
-        self.inner.checkpoints.bulk.store(false, Ordering::Relaxed);
+        checkpoints.bulk.store(false, Ordering::Relaxed);
         finished
     }
 
@@ -689,7 +774,7 @@ mod tests {
     async fn the_writer_checkpoints_itself_past_the_wal_limit_and_a_bulk_write_raises_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
-        let checkpoints = &store.inner.checkpoints;
+        let checkpoints = &store.inner.checkpoints.as_ref().unwrap();
         // The thread reports while it holds its turn: holding it keeps the thread's reports out.
         let turn = || checkpoints.running.lock().unwrap();
         let past = |frames: i64| {
@@ -718,7 +803,7 @@ mod tests {
     async fn the_thread_checkpoints_when_asked_without_a_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteViewStore::open(dir.path().join("views.sqlite")).unwrap();
-        let checkpoints = &store.inner.checkpoints;
+        let checkpoints = &store.inner.checkpoints.as_ref().unwrap();
         // A mark only a report of the thread replaces.
         let mark = || {
             let _turn = checkpoints.running.lock().unwrap();
@@ -826,7 +911,7 @@ mod tests {
         let views: Vec<JobView> = (0..50).map(|_| view()).collect();
         store.upsert_many(&views).await.unwrap();
         // As if the thread were checkpointing: SQLite would turn a second checkpoint away.
-        let running = Arc::clone(&store.inner.checkpoints.running);
+        let running = Arc::clone(&store.inner.checkpoints.as_ref().unwrap().running);
         let (locked, release) = (mpsc::channel(), mpsc::channel::<()>());
         let checkpointing = std::thread::spawn(move || {
             let _turn = running.lock().unwrap();

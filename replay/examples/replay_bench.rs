@@ -11,7 +11,7 @@ use jobledger_events::Job;
 use jobledger_projections::{Period, SqliteViewStore};
 use jobledger_replay::format::{ExportWriter, Item};
 use jobledger_replay::synth::Synth;
-use jobledger_replay::views::{Projection, rebuild, stats};
+use jobledger_replay::views::{Projection, rebuild, rebuild_embedded, stats};
 use jobledger_replay::{FileSource, HistorySource, SqliteSource, verify_source};
 
 fn peak_rss_mb() -> f64 {
@@ -181,10 +181,9 @@ async fn phase(name: &str, dir: &Path) -> anyhow::Result<()> {
             println!("    {} differences", r.diff_count);
         }
         "rebuild" => {
-            let views = SqliteViewStore::open(dir.join("views.sqlite3"))?;
-            let r = rebuild(
+            let r = rebuild_embedded(
                 &SqliteSource::open(&ledger)?,
-                &views,
+                &dir.join("views.sqlite3"),
                 Projection::All,
                 false,
                 false,

@@ -1,14 +1,14 @@
 //! The `replay` command line, shared by the `replay` binary and `jobledger replay`.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{ArgGroup, Args, Subcommand};
 use jobledger_events::JobId;
-use jobledger_projections::{Period, SqliteViewStore};
+use jobledger_projections::Period;
 
 use crate::history::{Until, events_of, render, state_at, timeline};
 use crate::source::{AnySource, FileSource, HistorySource, SqliteSource};
@@ -74,6 +74,7 @@ async fn rebuild_dynamo_views(
     projection: Projection,
     show: bool,
 ) -> anyhow::Result<crate::views::RebuildReport> {
+    use anyhow::Context as _;
     let sdk = jobledger_workers::aws_clients::sdk_config().await;
     let views =
         jobledger_projections::DynamoJobViews::new(aws_sdk_dynamodb::Client::new(&sdk), table);
@@ -212,13 +213,6 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_views(path: &Path) -> anyhow::Result<SqliteViewStore> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    Ok(SqliteViewStore::open(path)?)
-}
-
 /// Runs one command as a process does: an error is printed and exits 2, so a script can tell
 /// "the command could not run" from "findings were reported" (1).
 pub async fn run_to_exit(cmd: ReplayCommand, source: SourceArgs) -> ExitCode {
@@ -323,8 +317,14 @@ pub async fn run(cmd: ReplayCommand, source: SourceArgs) -> anyhow::Result<ExitC
             let report = match &views_table {
                 Some(table) => rebuild_dynamo_views(&src, table, projection, show).await?,
                 None => {
-                    let views = open_views(&source.views_path())?;
-                    crate::views::rebuild(&src, &views, projection, dry_run, show).await?
+                    crate::views::rebuild_embedded(
+                        &src,
+                        &source.views_path(),
+                        projection,
+                        dry_run,
+                        show,
+                    )
+                    .await?
                 }
             };
             let secs = started.elapsed().as_secs_f64();

@@ -1,11 +1,15 @@
 //! Read models from the ledger: `rebuild` (jobs and stats, or a dry-run diff) and `stats`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
 use jobledger_events::JobId;
-use jobledger_projections::{JobView, Period, Stats, StatsBuilder, ViewError, ViewStore};
+use jobledger_projections::{
+    JobView, Period, Replacement, SqliteViewStore, Stats, StatsBuilder, ViewError, ViewStore,
+};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -421,6 +425,29 @@ where
     S: HistorySource,
     V: ViewStore + Clone + 'static,
 {
+    rebuild_views(src, views, projection, dry_run, show)
+        .await
+        .map_err(|e| match e.is::<WritesStopped>() {
+            true => e.context(
+                "the read model is incomplete until a rebuild finishes (the ledger is untouched; \
+                 run rebuild again)",
+            ),
+            false => e,
+        })
+}
+
+/// [`rebuild`], saying nothing of the state a failed rebuild leaves the read model in.
+async fn rebuild_views<S, V>(
+    src: &S,
+    views: &V,
+    projection: Projection,
+    dry_run: bool,
+    show: bool,
+) -> anyhow::Result<RebuildReport>
+where
+    S: HistorySource,
+    V: ViewStore + Clone + 'static,
+{
     let write_jobs = matches!(projection, Projection::Jobs | Projection::All);
     let write_stats = matches!(projection, Projection::Stats | Projection::All);
     let writes_views = write_jobs && !dry_run;
@@ -466,30 +493,44 @@ where
     })
     .await;
     drop(tx);
+    let consumed = comparer.await;
+    // Saved before the bulk write ends, so its last sync covers them too.
+    let folded = match (folded, consumed) {
+        (Ok((fold, parts)), Ok(Ok(mut consumed))) => {
+            let mut stats = Vec::with_capacity(parts.len());
+            let mut write_error = None;
+            for part in parts {
+                consumed.written += part.written;
+                write_error = write_error.or(part.error);
+                stats.push(part.stats);
+            }
+            let stats = merge_stats(Period::ALL, stats);
+            match write_error {
+                Some(cause) => Err(anyhow::Error::new(WritesStopped {
+                    written: consumed.written,
+                    jobs: fold.jobs,
+                    cause,
+                })),
+                None if write_stats && !dry_run => views
+                    .save_stats(&stats)
+                    .await
+                    .map(|()| (fold, consumed, stats))
+                    .map_err(anyhow::Error::new),
+                None => Ok((fold, consumed, stats)),
+            }
+        }
+        (Err(e), _) => Err(e.into()),
+        (_, Err(e)) => Err(e.into()),
+        (_, Ok(Err(e))) => Err(e),
+    };
     // Every view written is on disk again before anything else can return.
     let finished = if writes_views {
         views.finish_bulk_write().await
     } else {
         Ok(())
     };
-    let mut consumed = comparer.await??;
-    let (fold, parts) = folded?;
-    let mut stats = Vec::with_capacity(parts.len());
-    let mut write_error = None;
-    for part in parts {
-        consumed.written += part.written;
-        write_error = write_error.or(part.error);
-        stats.push(part.stats);
-    }
-    if let Some(e) = write_error {
-        return Err(anyhow::Error::new(e).context(format!(
-            "rebuild stopped after writing {} of {} view(s): the read model is incomplete until a \
-             rebuild finishes (the ledger is untouched; run rebuild again)",
-            consumed.written, fold.jobs
-        )));
-    }
+    let (fold, consumed, stats) = folded?;
     finished?;
-    let stats = merge_stats(Period::ALL, stats);
     let mut report = RebuildReport {
         fold,
         written: consumed.written,
@@ -498,18 +539,63 @@ where
         stats_diff: BTreeMap::new(),
         stats_saved: previous_stats.is_some(),
     };
-    if dry_run {
-        // Stats are saved only by a rebuild (the live projector keeps job views alone), so a read
-        // model without saved stats has nothing to differ from.
-        if let (true, Some(previous)) = (write_stats, &previous_stats) {
-            report.stats_diff = json_diff(
-                &serde_json::to_value(previous)?,
-                &serde_json::to_value(&stats)?,
-            );
-        }
-    } else if write_stats {
-        views.save_stats(&stats).await?;
+    // Stats are saved only by a rebuild (the live projector keeps job views alone), so a read
+    // model without saved stats has nothing to differ from.
+    if let (true, true, Some(previous)) = (dry_run, write_stats, &previous_stats) {
+        report.stats_diff = json_diff(
+            &serde_json::to_value(previous)?,
+            &serde_json::to_value(&stats)?,
+        );
     }
+    Ok(report)
+}
+
+/// A rebuild's view writes failed part-way.
+#[derive(Debug, thiserror::Error)]
+#[error("rebuild stopped after writing {written} of {jobs} view(s)")]
+pub struct WritesStopped {
+    /// Views written before the failure.
+    pub written: u64,
+    /// Jobs folded.
+    pub jobs: u64,
+    /// The view store's error.
+    #[source]
+    pub cause: ViewError,
+}
+
+/// [`rebuild`] of the embedded read model at `path`. When no other connection has it open, the
+/// read models are written into a new file that replaces it whole once complete (half the bytes
+/// written, and a rebuild that fails leaves the old read model as it was); else, such as while
+/// `jobledger dev` runs, in place. A dry run and a stats-only rebuild always work in place.
+pub async fn rebuild_embedded<S: HistorySource>(
+    src: &S,
+    path: &Path,
+    projection: Projection,
+    dry_run: bool,
+    show: bool,
+) -> anyhow::Result<RebuildReport> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let replacement = match (dry_run, projection) {
+        (false, Projection::Jobs | Projection::All) => Replacement::claim(path)?,
+        _ => None,
+    };
+    let Some(replacement) = replacement else {
+        let views = SqliteViewStore::open(path)?;
+        return rebuild(src, &views, projection, dry_run, show).await;
+    };
+    let views = replacement.new_store()?;
+    let report = rebuild_views(src, &views, projection, false, show)
+        .await
+        .with_context(|| {
+            format!(
+                "the new read model was thrown away: {} is as it was (the ledger is untouched; \
+                 run rebuild again)",
+                path.display()
+            )
+        })?;
+    replacement.replace(views)?;
     Ok(report)
 }
 

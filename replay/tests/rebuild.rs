@@ -105,3 +105,107 @@ async fn a_rebuild_whose_writes_fail_says_the_read_model_is_incomplete_and_keeps
     .unwrap();
     assert_eq!(views.all().await.unwrap(), live);
 }
+
+/// Waits until no connection has the read model at `path` open: a store just dropped closes its
+/// checkpoint thread's connection a moment later.
+fn wait_closed(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while jobledger_projections::Replacement::claim(path)
+        .unwrap()
+        .is_none()
+    {
+        assert!(std::time::Instant::now() < deadline, "still open");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn inode(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[tokio::test]
+async fn an_embedded_rebuild_replaces_a_closed_read_model_and_writes_in_place_beside_an_open_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = ledger(dir.path(), 300).await;
+    let reference = SqliteViewStore::open(dir.path().join("reference.sqlite3")).unwrap();
+    rebuild(&src, &reference, Projection::All, false, false)
+        .await
+        .unwrap();
+    let expected = reference.all().await.unwrap();
+    let expected_stats = reference.load_stats().await.unwrap().unwrap();
+
+    // A stale read model: a view the ledger lacks, and stats of another time.
+    let path = dir.path().join("views.sqlite3");
+    let mut extra = expected[0].clone();
+    extra.job_id = jobledger_events::JobId::new();
+    let stale_stats = Stats::from_views(&expected[..10], Default::default());
+    {
+        let stale = SqliteViewStore::open(&path).unwrap();
+        stale.upsert(&extra).await.unwrap();
+        stale.save_stats(&stale_stats).await.unwrap();
+    }
+    wait_closed(&path);
+    let before = inode(&path);
+    // Jobs only: the views are replaced, the saved stats carried over untouched.
+    let report =
+        jobledger_replay::views::rebuild_embedded(&src, &path, Projection::Jobs, false, false)
+            .await
+            .unwrap();
+    assert_eq!(report.written, 300);
+    assert_ne!(inode(&path), before, "the read model was not replaced");
+    {
+        let views = SqliteViewStore::open(&path).unwrap();
+        assert_eq!(views.all().await.unwrap(), expected);
+        assert_eq!(views.load_stats().await.unwrap(), Some(stale_stats));
+        // Beside an open store (a running `jobledger dev`): in place, seen by it at once.
+        views.upsert(&extra).await.unwrap();
+        let before = inode(&path);
+        jobledger_replay::views::rebuild_embedded(&src, &path, Projection::All, false, false)
+            .await
+            .unwrap();
+        assert_eq!(inode(&path), before);
+        assert_eq!(views.all().await.unwrap(), expected);
+        assert_eq!(
+            views.load_stats().await.unwrap(),
+            Some(expected_stats.clone())
+        );
+    }
+    wait_closed(&path);
+    // All, replaced again: the same views and stats as the in-place rebuild.
+    jobledger_replay::views::rebuild_embedded(&src, &path, Projection::All, false, false)
+        .await
+        .unwrap();
+    let views = SqliteViewStore::open(&path).unwrap();
+    assert_eq!(views.all().await.unwrap(), expected);
+    assert_eq!(views.load_stats().await.unwrap(), Some(expected_stats));
+}
+
+#[tokio::test]
+async fn an_embedded_rebuild_that_fails_leaves_the_old_read_model_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = ledger(dir.path(), 30).await;
+    let path = dir.path().join("views.sqlite3");
+    {
+        let views = SqliteViewStore::open(&path).unwrap();
+        rebuild(&src, &views, Projection::All, false, false)
+            .await
+            .unwrap();
+    }
+    wait_closed(&path);
+    let before = std::fs::read(&path).unwrap();
+    // The ledger goes away under the rebuild's readers.
+    std::fs::rename(
+        dir.path().join("ledger.sqlite3"),
+        dir.path().join("moved.sqlite3"),
+    )
+    .unwrap();
+    let err = jobledger_replay::views::rebuild_embedded(&src, &path, Projection::All, false, false)
+        .await
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("is as it was"), "{message}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(!std::fs::exists(dir.path().join("views.sqlite3.rebuilding")).unwrap());
+    let views = SqliteViewStore::open(&path).unwrap();
+    assert_eq!(views.all().await.unwrap().len(), 30);
+}
