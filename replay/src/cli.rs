@@ -167,7 +167,7 @@ pub enum ReplayCommand {
         dry_run: bool,
         /// Rebuild the AWS read model, this DynamoDB jobs table, instead of `<data-dir>/views.sqlite3`
         /// (region, credentials and endpoint from the standard AWS environment; needs the
-        /// `dynamodb` feature). It is emptied first, like the embedded one.
+        /// `dynamodb` feature). It is emptied first and refilled in place.
         #[arg(long, value_name = "TABLE")]
         views_table: Option<String>,
         /// Print the report as JSON.
