@@ -192,8 +192,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         batch_size: LOCAL_RECEIVE_BATCH,
         ..LauncherConfig::default()
     };
-    // Child workers to wait for at shutdown (in-process ones are tasks of `tasks`).
+    // Workers to wait for at shutdown: they run outside `tasks`, spawned by their launcher.
     let mut children = None;
+    let mut in_process = None;
     if args.child_process_workers {
         let exe = std::env::current_exe().context("finding the jobledger executable")?;
         let data_dir = dir
@@ -238,6 +239,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             })
         };
         let launcher = InProcessLauncher::new(work, args.workers);
+        in_process = Some(launcher.clone());
         spawn_launcher(
             &mut tasks,
             &ledger,
@@ -320,6 +322,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         while tasks.join_next().await.is_some() {}
         if let Some(children) = &children {
             children.wait_idle().await;
+        }
+        if let Some(workers) = &in_process {
+            workers.wait_idle().await;
         }
     })
     .await;

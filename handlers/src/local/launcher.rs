@@ -130,10 +130,11 @@ impl Gate {
     }
 }
 
-/// Runs each worker as a task on the tokio runtime.
+/// Runs each worker as a task on the tokio runtime. Clones share the running workers.
+#[derive(Clone)]
 pub struct InProcessLauncher {
     work: WorkFn,
-    gate: Gate,
+    gate: Arc<Gate>,
 }
 
 impl InProcessLauncher {
@@ -141,7 +142,7 @@ impl InProcessLauncher {
     pub fn new(work: WorkFn, limit: usize) -> Self {
         InProcessLauncher {
             work,
-            gate: Gate::new(limit),
+            gate: Arc::new(Gate::new(limit)),
         }
     }
 
