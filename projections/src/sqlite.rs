@@ -238,11 +238,16 @@ fn durable_checkpoint(conn: &Connection, wait: std::time::Duration) -> Result<()
 }
 
 fn backend(e: rusqlite::Error) -> ViewError {
-    let retryable = matches!(
+    let retryable = busy(&e);
+    ViewError::backend(retryable, e)
+}
+
+/// Whether another connection's lock turned the statement away.
+pub(crate) fn busy(e: &rusqlite::Error) -> bool {
+    matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    );
-    ViewError::backend(retryable, e)
+    )
 }
 
 /// Opens of a file replaced meanwhile tried again before giving up.

@@ -14,9 +14,9 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 
-use crate::sqlite::{SqliteViewStore, remove_database_files};
+use crate::sqlite::{SqliteViewStore, busy, remove_database_files};
 use crate::store::ViewError;
 
 /// The old read model, claimed for a rebuild into a new file beside it.
@@ -33,13 +33,6 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> ViewError {
     ViewError::backend(false, format!("{what} {}: {e}", path.display()))
 }
 
-fn in_use(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
-}
-
 impl Replacement {
     /// Claims the read model at `target` (made if missing) for a rebuild that replaces it;
     /// `None` when another connection has it open, such as a running `jobledger dev`.
@@ -52,7 +45,7 @@ impl Replacement {
             r.get::<_, String>(0)
         }) {
             Ok(mode) => mode,
-            Err(e) if in_use(&e) => return Ok(None),
+            Err(e) if busy(&e) => return Ok(None),
             Err(e) => return Err(failed("claiming", target, e)),
         };
         if !mode.eq_ignore_ascii_case("delete") {
@@ -66,7 +59,7 @@ impl Replacement {
         ) {
             Ok(()) => {}
             // Another connection opened it since the line above.
-            Err(e) if in_use(&e) => return Ok(None),
+            Err(e) if busy(&e) => return Ok(None),
             Err(e) => return Err(failed("claiming", target, e)),
         }
         let stats =
@@ -265,7 +258,7 @@ mod tests {
         let refused = other
             .query_row("SELECT count(*) FROM jobs", [], |r| r.get::<_, i64>(0))
             .unwrap_err();
-        assert!(in_use(&refused), "{refused}");
+        assert!(busy(&refused), "{refused}");
         drop(other);
 
         // Opens the old file and waits for its lock; it gets it once the new file is in place.
