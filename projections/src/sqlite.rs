@@ -276,12 +276,30 @@ fn replaced_while_open(e: &rusqlite::Error) -> bool {
         .is_some_and(|f| f.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED)
 }
 
-/// Removes a database file and the journal, WAL and shared-memory files beside it.
-pub(crate) fn remove_database_files(path: &Path) {
-    for suffix in ["", "-journal", "-wal", "-shm"] {
+/// Removes a database file and the files SQLite keeps beside it.
+pub(crate) fn remove_database_files(path: &Path) -> Result<(), ViewError> {
+    remove_file(path)?;
+    remove_side_files(path)
+}
+
+/// Removes the rollback journal, WAL and shared-memory files SQLite keeps beside `path`.
+pub(crate) fn remove_side_files(path: &Path) -> Result<(), ViewError> {
+    for suffix in ["-journal", "-wal", "-shm"] {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(name));
+        remove_file(Path::new(&name))?;
+    }
+    Ok(())
+}
+
+/// Removes a file; one already gone is not an error.
+fn remove_file(path: &Path) -> Result<(), ViewError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ViewError::backend(
+            false,
+            format!("removing {}: {e}", path.display()),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -320,7 +338,7 @@ impl SqliteViewStore {
     /// listing indexes made at the end of its bulk write. `stats` is the saved stats' text to
     /// start with.
     pub(crate) fn open_scratch(path: &Path, stats: Option<&str>) -> Result<Self, ViewError> {
-        remove_database_files(path);
+        remove_database_files(path)?;
         let conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(&format!(
             "PRAGMA page_size={PAGE_SIZE}; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"

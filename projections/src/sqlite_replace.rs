@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::sqlite::{SqliteViewStore, busy, remove_database_files};
+use crate::sqlite::{SqliteViewStore, busy, remove_database_files, remove_side_files};
 use crate::store::ViewError;
 
 /// The old read model, claimed for a rebuild into a new file beside it.
@@ -93,16 +93,7 @@ impl Replacement {
         }
         sync(&self.scratch).map_err(|e| failed("syncing", &self.scratch, e))?;
         // A journal or WAL of the old file would be read as the new one's.
-        for suffix in ["-journal", "-wal", "-shm"] {
-            let mut name = self.target.as_os_str().to_owned();
-            name.push(suffix);
-            match std::fs::remove_file(PathBuf::from(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(failed("removing a side file of", &self.target, e));
-                }
-                _ => {}
-            }
-        }
+        remove_side_files(&self.target)?;
         std::fs::rename(&self.scratch, &self.target)
             .map_err(|e| failed("renaming the rebuilt read model to", &self.target, e))?;
         if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -118,7 +109,8 @@ impl Drop for Replacement {
     /// left as it was.
     fn drop(&mut self) {
         if self.claim.is_some() {
-            remove_database_files(&self.scratch);
+            // Best effort: the next rebuild removes what is left, and says so if it cannot.
+            let _ = remove_database_files(&self.scratch);
         }
     }
 }
@@ -305,6 +297,28 @@ mod tests {
         assert_eq!(reopened.all().await.unwrap(), vec![old]);
         assert_eq!(reopened.load_stats().await.unwrap(), Some(stats));
         assert_eq!(listing_indexes(&target), 3);
+    }
+
+    #[tokio::test]
+    async fn a_leftover_that_cannot_be_removed_is_named_and_the_old_read_model_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("views.sqlite3");
+        let old = view();
+        old_read_model(&target, &old).await;
+        std::fs::create_dir(dir.path().join("views.sqlite3.rebuilding")).unwrap();
+
+        let claimed = claim_when_closed(&target);
+        let Err(refused) = claimed.new_store() else {
+            panic!("a leftover that cannot be removed was opened over");
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("removing") && refused.contains("views.sqlite3.rebuilding"),
+            "{refused}"
+        );
+        drop(claimed);
+        let reopened = SqliteViewStore::open(&target).unwrap();
+        assert_eq!(reopened.all().await.unwrap(), vec![old]);
     }
 
     #[tokio::test]
