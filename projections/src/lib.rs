@@ -29,6 +29,31 @@ fn fixture_view() -> JobView {
     JobView::fold(&events).unwrap().unwrap()
 }
 
+/// The listing indexes every view store file ends up with, by name.
+#[cfg(test)]
+const ALL_LISTING_INDEXES: [&str; 3] = [
+    "jobs_kind_updated_at",
+    "jobs_status_updated_at",
+    "jobs_updated_at",
+];
+
+/// The listing indexes of the view store file at `path`, by name.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn listing_indexes(path: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' \
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|n| n.unwrap())
+        .collect()
+}
+
 #[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoJobViews;
 pub use job_view::{JobView, Progress, ProjectionError};

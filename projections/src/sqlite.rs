@@ -773,25 +773,6 @@ mod tests {
     }
 
     /// The listing indexes the database file holds, by name.
-    fn listing_indexes(path: &Path) -> Vec<String> {
-        let conn = Connection::open(path).unwrap();
-        let mut stmt = conn
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' \
-                 AND sql IS NOT NULL ORDER BY name",
-            )
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(|n| n.unwrap())
-            .collect()
-    }
-
-    const ALL_LISTING_INDEXES: [&str; 3] = [
-        "jobs_kind_updated_at",
-        "jobs_status_updated_at",
-        "jobs_updated_at",
-    ];
 
     #[tokio::test]
     async fn the_writer_checkpoints_itself_past_the_wal_limit_and_a_bulk_write_raises_it() {
@@ -860,9 +841,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("views.sqlite");
         let store = SqliteViewStore::open(&path).unwrap();
-        assert_eq!(listing_indexes(&path), ALL_LISTING_INDEXES);
+        assert_eq!(crate::listing_indexes(&path), crate::ALL_LISTING_INDEXES);
         store.start_bulk_write().await.unwrap();
-        assert!(listing_indexes(&path).is_empty());
+        assert!(crate::listing_indexes(&path).is_empty());
         let mut views: Vec<JobView> = (0..5).map(|_| view()).collect();
         for (i, v) in views.iter_mut().enumerate() {
             v.updated_at += chrono::Duration::seconds(i as i64);
@@ -881,7 +862,7 @@ mod tests {
         };
         assert_eq!(listed(store.clone()).await, newest_first, "listing scans");
         store.finish_bulk_write().await.unwrap();
-        assert_eq!(listing_indexes(&path), ALL_LISTING_INDEXES);
+        assert_eq!(crate::listing_indexes(&path), crate::ALL_LISTING_INDEXES);
         assert_eq!(listed(store.clone()).await, newest_first);
         let conn = Connection::open(&path).unwrap();
         let plan: String = conn
@@ -903,9 +884,9 @@ mod tests {
         store.start_bulk_write().await.unwrap();
         store.upsert(&view()).await.unwrap();
         drop(store);
-        assert!(listing_indexes(&path).is_empty());
+        assert!(crate::listing_indexes(&path).is_empty());
         let reopened = SqliteViewStore::open(&path).unwrap();
-        assert_eq!(listing_indexes(&path), ALL_LISTING_INDEXES);
+        assert_eq!(crate::listing_indexes(&path), crate::ALL_LISTING_INDEXES);
         assert_eq!(reopened.scan(None, 10).await.unwrap().len(), 1);
     }
 

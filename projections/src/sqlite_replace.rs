@@ -181,17 +181,6 @@ mod tests {
         std::fs::exists(path).unwrap()
     }
 
-    fn listing_indexes(path: &Path) -> i64 {
-        Connection::open(path)
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'jobs_%'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
     #[tokio::test]
     async fn a_claimed_read_model_is_replaced_whole_with_its_saved_stats_carried_over() {
         let dir = tempfile::tempdir().unwrap();
@@ -211,7 +200,7 @@ mod tests {
         let reopened = SqliteViewStore::open(&target).unwrap();
         assert_eq!(reopened.all().await.unwrap(), vec![new]);
         assert_eq!(reopened.load_stats().await.unwrap(), Some(stats));
-        assert_eq!(listing_indexes(&target), 3);
+        assert_eq!(crate::listing_indexes(&target), crate::ALL_LISTING_INDEXES);
         let mode: String = Connection::open(&target)
             .unwrap()
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -296,7 +285,7 @@ mod tests {
         let reopened = SqliteViewStore::open(&target).unwrap();
         assert_eq!(reopened.all().await.unwrap(), vec![old]);
         assert_eq!(reopened.load_stats().await.unwrap(), Some(stats));
-        assert_eq!(listing_indexes(&target), 3);
+        assert_eq!(crate::listing_indexes(&target), crate::ALL_LISTING_INDEXES);
     }
 
     #[tokio::test]
