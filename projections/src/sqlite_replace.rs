@@ -310,6 +310,24 @@ mod tests {
         assert_eq!(reopened.all().await.unwrap(), vec![old]);
     }
 
+    #[test]
+    fn a_file_that_is_not_a_database_is_named_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("views.sqlite3");
+        let text = "not a database, some notes of mine\n".repeat(200);
+        std::fs::write(&target, &text).unwrap();
+        let Err(refused) = Replacement::claim(&target) else {
+            panic!("a file that is not a database was claimed");
+        };
+        let refused = refused.to_string();
+        assert!(
+            refused.contains("claiming") && refused.contains("views.sqlite3"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), text);
+        assert!(!exists(&dir.path().join("views.sqlite3.rebuilding")));
+    }
+
     #[tokio::test]
     async fn what_a_stopped_rebuild_left_is_written_over_and_a_missing_read_model_is_made() {
         let dir = tempfile::tempdir().unwrap();
