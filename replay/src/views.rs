@@ -427,12 +427,15 @@ where
 {
     rebuild_views(src, views, projection, dry_run, show)
         .await
-        .map_err(|e| match e.is::<WritesStopped>() {
-            true => e.context(
-                "the read model is incomplete until a rebuild finishes (the ledger is untouched; \
-                 run rebuild again)",
-            ),
-            false => e,
+        .map_err(|e| {
+            if e.is::<WritesStopped>() {
+                e.context(
+                    "the read model is incomplete until a rebuild finishes (the ledger is \
+                     untouched; run rebuild again)",
+                )
+            } else {
+                e
+            }
         })
 }
 
